@@ -1,0 +1,4 @@
+"""`python -m novapurge` runs the CLI."""
+from novapurge.cli import main
+
+main()
