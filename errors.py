@@ -37,6 +37,12 @@ class RevertFailed(NovapurgeError):
     exit_code = 6
 
 
+class LedgerAltered(NovapurgeError):
+    """`audit verify` found entries whose hash chain does not hold: the ledger was edited."""
+
+    exit_code = 7
+
+
 EXIT_CODES = {
     0: "success, or nothing to do",
     1: "unexpected error (a bug: please report it with the log)",
@@ -45,4 +51,5 @@ EXIT_CODES = {
     PurgeReverted.exit_code: "a step failed and the purge was rolled back: nothing is changed",
     PurgeSuspended.exit_code: "suspended or interrupted: run `novapurge resume`",
     RevertFailed.exit_code: "a revert failed: see `novapurge status` and the audit trail",
+    LedgerAltered.exit_code: "`audit verify`: the ledger was altered",
 }

@@ -1,0 +1,211 @@
+"""The `novapurge` command line: plan, purge, resume, rollback, status, audit, demo."""
+
+import functools
+import logging
+import sys
+
+import click
+
+from novapurge import config, errors, output, validate
+from novapurge.drivers.novadb import NovaDatabases
+from novapurge.errors import NovapurgeError
+from novapurge.persistence.ledger import Actor
+
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
+    f"  {code}  {text}" for code, text in errors.EXIT_CODES.items())
+
+
+def common_options(command):
+    """Connection, identity and output options every command takes (flags > env > file)."""
+    options = [
+        click.option("-f", "--output-format", "fmt", type=click.Choice(["table", "json"]),
+                     default="table", show_default=True, help="json: machine-readable output."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="NOVAPURGE_CONFIG",
+                     help="novapurge.toml [env NOVAPURGE_CONFIG; default ./novapurge.toml, "
+                          "~/.config/novapurge/, /etc/novapurge/]."),
+        click.option("--nova-conf", type=click.Path(dir_okay=False),
+                     envvar="NOVAPURGE_NOVA_CONF",
+                     help="Read [database]/[api_database] from this nova.conf "
+                          "[env NOVAPURGE_NOVA_CONF]."),
+        click.option("--db", "cell_url", envvar="NOVAPURGE_DB", metavar="URL",
+                     help="Cell (main) database URL [env NOVAPURGE_DB]."),
+        click.option("--api-db", "api_url", envvar="NOVAPURGE_API_DB", metavar="URL",
+                     help="API database URL; cells are found through its cell mappings "
+                          "[env NOVAPURGE_API_DB]."),
+        click.option("--journal", "journal_url", envvar="NOVAPURGE_JOURNAL", metavar="URL",
+                     help="Journal database: sqlite:///FILE or mysql+pymysql://... "
+                          "[env NOVAPURGE_JOURNAL; default a SQLite file in the state dir]."),
+        click.option("--operator", envvar="NOVAPURGE_OPERATOR",
+                     help="Who is acting, for the audit trail [default: the OS user]."),
+        click.option("--ticket", envvar="NOVAPURGE_TICKET",
+                     help="Change/incident ticket recorded with every change."),
+        click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv: debug)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+
+    @functools.wraps(command)
+    def wrapper(fmt, config_path, nova_conf, cell_url, api_url, journal_url, operator, ticket,
+                verbose, **kwargs):
+        logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                            format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        as_json = fmt == "json"
+        try:
+            settings = config.load(config=config_path, nova_conf=nova_conf, cell_url=cell_url,
+                                   api_url=api_url, journal_url=journal_url, operator=operator,
+                                   ticket=ticket)
+            return command(App(settings, as_json), **kwargs)
+        except NovapurgeError as error:
+            output.fail(str(error), error.exit_code, as_json)
+    return wrapper
+
+
+class App:
+    """Settings plus the journal and databases, opened on first use."""
+
+    def __init__(self, settings, as_json):
+        self.settings, self.as_json = settings, as_json
+        self._journal = self._purger = None
+
+    @property
+    def journal(self):
+        if self._journal is None:
+            from novapurge.persistence.journal import Journal
+            actor = Actor.from_options(self.settings.operator, self.settings.ticket)
+            self._journal = Journal(self.settings.journal_url, actor)
+        return self._journal
+
+    @property
+    def purger(self):
+        if self._purger is None:
+            from novapurge.flows.run import Purger
+            novadb = NovaDatabases(self.settings.cell_url, self.settings.api_url,
+                                   self.settings.cell_overrides)
+            self._purger = Purger(self.journal, novadb,
+                                  report=output.step_reporter(not self.as_json))
+        return self._purger
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES_HELP)
+@click.version_option(package_name="novapurge")
+def main():
+    """Remove a stuck Nova instance everywhere it left traces: journaled, resumable, reversible.
+
+    For instances that `nova delete` and `nova force-delete` cannot remove. Start with
+    `novapurge plan UUID` (changes nothing), then `novapurge purge UUID`. Every change is recorded
+    before it is made: `resume` finishes an interrupted purge, `rollback` undoes one, `audit
+    export` shows who changed what. Try `novapurge demo` first: it needs no cloud.
+    """
+
+
+skip_option = click.option(
+    "--skip", multiple=True, metavar="GROUP[,GROUP]",
+    help=f"Leave a step group out (recorded in the ledger): {', '.join(validate.STEP_GROUPS)}.")
+force_option = click.option("--force", is_flag=True,
+                            help="Purge even an instance that looks healthy.")
+
+
+@main.command()
+@click.argument("vm_uuids", nargs=-1, metavar="UUID...")
+@force_option
+@skip_option
+@click.option("--graph", type=click.Path(dir_okay=False, writable=True), metavar="FILE.dot",
+              help="Write the step graph (Graphviz DOT) of the first instance to FILE.")
+@common_options
+def plan(app, vm_uuids, force, skip, graph):
+    """Show what a purge would change, step by step, without changing anything."""
+    from novapurge.commands import show_plan
+    show_plan(app, vm_uuids, force, skip, graph)
+
+
+@main.command()
+@click.argument("vm_uuids", nargs=-1, metavar="UUID...")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@force_option
+@skip_option
+@common_options
+def purge(app, vm_uuids, yes, force, skip):
+    """Purge instances: discover, guard, reversible steps, point of no return.
+
+    Without --yes the plan is shown and confirmation asked (refused when not on a terminal).
+    Prints the purge id that `status`, `resume`, `rollback` and `audit export` take.
+    """
+    from novapurge.commands import run_purge
+    run_purge(app, vm_uuids, yes, force, skip)
+
+
+@main.command()
+@click.argument("purge_id")
+@common_options
+def resume(app, purge_id):
+    """Continue an interrupted or suspended purge from its last journaled step."""
+    from novapurge.commands import run_resume
+    run_resume(app, purge_id)
+
+
+@main.command()
+@click.argument("purge_id")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def rollback(app, purge_id, yes):
+    """Undo a purge: every recorded change is restored to the state it was found in."""
+    from novapurge.commands import run_rollback
+    run_rollback(app, purge_id, yes)
+
+
+@main.command()
+@click.argument("purge_id", required=False)
+@common_options
+def status(app, purge_id):
+    """Show purges: RUNNING, INTERRUPTED (resumable), SUCCESS, REVERTED, SUSPENDED or FAILED."""
+    from novapurge.commands import show_status
+    show_status(app, purge_id)
+
+
+@main.group()
+def audit():
+    """The change ledger: export it, verify its hash chain."""
+
+
+@audit.command("export")
+@click.argument("purge_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Every purge in the journal.")
+@click.option("--format", "export_format", type=click.Choice(["jsonl", "csv", "json"]),
+              default="jsonl", show_default=True, help="Export format.")
+@click.option("-o", "--output", "path", type=click.Path(dir_okay=False, writable=True),
+              help="Write to FILE instead of standard output.")
+@common_options
+def audit_export(app, purge_id, everything, export_format, path):
+    """Export every change of a purge (or --all): who, when, where, before, after.
+
+    Secrets are redacted when recorded; the protected copies revert needs are never exported.
+    """
+    from novapurge.commands import export_audit
+    export_audit(app, purge_id, everything, export_format, path)
+
+
+@audit.command("verify")
+@common_options
+def audit_verify(app):
+    """Recompute the ledger's hash chain; exit 6 naming the entries that were altered."""
+    from novapurge.commands import verify_audit
+    verify_audit(app)
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Where to build the sandbox cloud [default: a new temporary directory].")
+@common_options
+def demo(app, directory):
+    """Build a sandbox cloud (SQLite Nova DBs, stuck and healthy instances) and purge it.
+
+    Needs no server, no root and no network. Shows the plan, purges the stuck instances, shows
+    status and the audit trail, rolls one purge back, and checks the neighbours are untouched.
+    """
+    from novapurge.sandbox.demo import run_demo
+    run_demo(app, directory)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The drivers and ledger of this process, where flow factories find them.
+
+The journal keeps only JSON (flow factory arguments, facts, results); live resources such as
+database engines belong to the process running the flow, which installs them here before it
+builds or resumes any flow.
+"""
+
+import dataclasses
+
+from novapurge.drivers.novadb import NovaDatabases
+from novapurge.persistence.ledger import Ledger
+
+_current = None
+
+
+@dataclasses.dataclass
+class PurgeContext:
+    novadb: NovaDatabases
+    ledger: Ledger
+
+
+def install(context: PurgeContext) -> PurgeContext:
+    global _current
+    _current = context
+    return context
+
+
+def current() -> PurgeContext:
+    if _current is None:
+        raise RuntimeError("no purge context installed: build flows through novapurge.flows.run")
+    return _current

@@ -1,0 +1,228 @@
+"""Nova's databases: the API DB (optional) and the cell DB(s), read and written with raw values.
+
+Reflection decides what a schema has (legacy quota tables, console_auth_tokens, cells v2), never a
+release name. Columns are untyped on purpose: values pass through the DB-API untouched, so a row
+read before a change can be written back byte for byte.
+"""
+
+import datetime
+import logging
+import urllib.parse
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from novapurge import validate
+from novapurge.errors import BadInput
+
+LOG = logging.getLogger(__name__)
+
+
+def safe_url(url) -> str:
+    """A URL fit for messages: the password is masked."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<unparseable URL>"
+
+
+def make_engine(url: str) -> sa.engine.Engine:
+    """An engine for a Nova or journal URL; a bad URL is BadInput without its password."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa_exc.ArgumentError:
+        raise BadInput("not a database URL (expected e.g. mysql+pymysql://user:pw@host/nova)") from None
+    if parsed.get_backend_name() not in ("sqlite", "mysql"):
+        raise BadInput(f"unsupported database {safe_url(url)}: use mysql+pymysql:// or sqlite:///")
+    if parsed.get_backend_name() == "mysql":
+        return sa.create_engine(parsed, pool_pre_ping=True, pool_recycle=3600)
+    return sa.create_engine(parsed, connect_args={"timeout": 30})
+
+
+class NovaDatabase:
+    """One Nova database: the API DB or one cell DB."""
+
+    def __init__(self, url: str, label: str):
+        self.label = label
+        self.engine = make_engine(url)
+        self._tables = None
+        self._columns = {}
+        self._keys = {}
+        try:
+            with self.engine.connect():
+                pass
+        except sa_exc.SQLAlchemyError as error:
+            raise BadInput(f"cannot reach the {label} database {safe_url(url)}: "
+                           f"{type(error.orig or error).__name__}") from None
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def has_table(self, name: str) -> bool:
+        if self._tables is None:
+            self._tables = set(sa.inspect(self.engine).get_table_names())
+        return name in self._tables
+
+    def columns(self, name: str) -> list:
+        if name not in self._columns:
+            self._columns[name] = [c["name"] for c in sa.inspect(self.engine).get_columns(name)]
+        return self._columns[name]
+
+    def has_column(self, table: str, column: str) -> bool:
+        return self.has_table(table) and column in self.columns(table)
+
+    def primary_key(self, name: str) -> list:
+        if name not in self._keys:
+            pk = sa.inspect(self.engine).get_pk_constraint(name)["constrained_columns"]
+            self._keys[name] = pk or self.columns(name)
+        return self._keys[name]
+
+    def table(self, name: str) -> sa.TableClause:
+        """The table with untyped columns (raw values in, raw values out)."""
+        validate.identifier(name, "table name")
+        return sa.table(name, *(sa.column(c) for c in self.columns(name)))
+
+    def select(self, conn, name: str, where: dict, *, for_update=False) -> list:
+        """Rows of `name` matching `where` (column: value, None meaning IS NULL) in key order."""
+        table = self.table(name)
+        query = sa.select(table).where(*self._conditions(table, where))
+        query = query.order_by(*(table.c[k] for k in self.primary_key(name)))
+        if for_update and self.dialect == "mysql":
+            query = query.with_for_update()
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+    def update(self, conn, name: str, where: dict, values: dict) -> int:
+        table = self.table(name)
+        return conn.execute(sa.update(table).where(*self._conditions(table, where))
+                            .values(**values)).rowcount
+
+    def delete(self, conn, name: str, where: dict) -> int:
+        table = self.table(name)
+        return conn.execute(sa.delete(table).where(*self._conditions(table, where))).rowcount
+
+    def insert(self, conn, name: str, row: dict) -> None:
+        conn.execute(sa.insert(self.table(name)).values(**row))
+
+    def key_of(self, name: str, row: dict) -> dict:
+        return {k: row[k] for k in self.primary_key(name)}
+
+    def restore(self, conn, name: str, row: dict) -> None:
+        """Put `row` back exactly: update it where it still exists, insert it where it was deleted."""
+        key = self.key_of(name, row)
+        if self.select(conn, name, key):
+            self.update(conn, name, key, row)
+        else:
+            self.insert(conn, name, row)
+
+    def now(self):
+        """The current UTC time as Nova's SQLAlchemy models store it in this dialect."""
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        if self.dialect == "sqlite":
+            return now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return now.replace(microsecond=0)
+
+    @staticmethod
+    def _conditions(table, where: dict):
+        return [table.c[k].is_(None) if v is None else table.c[k] == v for k, v in where.items()]
+
+    def dispose(self):
+        self.engine.dispose()
+
+
+def render_cell_url(template: str, base_url: str | None) -> str:
+    """Fill a templated cell_mappings.database_connection the way Nova does, from [database]."""
+    if "{" not in template:
+        return template
+    if not base_url:
+        raise BadInput("a cell's database_connection is a template and no [database] connection "
+                       "was given to fill it")
+    parts = urllib.parse.urlsplit(base_url)
+    fields = {
+        "scheme": parts.scheme, "username": parts.username or "", "password": parts.password or "",
+        "hostname": parts.hostname or "", "port": parts.port or "", "path": parts.path.lstrip("/"),
+        "query": parts.query, "fragment": parts.fragment,
+    }
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError):
+        raise BadInput("a cell's database_connection template has unknown fields") from None
+
+
+class NovaDatabases:
+    """The API DB and the cell DBs, found through cell mappings when there is an API DB.
+
+    cell_url: the `[database] connection` (the only cell on a cloud without an API DB).
+    overrides: cell uuid or name -> URL, for cells whose mapping names a host unreachable from here.
+    """
+
+    def __init__(self, cell_url=None, api_url=None, overrides=None):
+        if not cell_url and not api_url:
+            raise BadInput("no Nova database given: set [database] connection (or --nova-conf)")
+        self._cell_url = cell_url
+        self._overrides = dict(overrides or {})
+        self._cells = {}
+        self.api = NovaDatabase(api_url, "API") if api_url else None
+
+    def cell(self, ref: dict | None) -> NovaDatabase:
+        """The cell database named by a facts' cell reference ({"uuid","name"} or None)."""
+        key = (ref or {}).get("uuid") or "default"
+        if key not in self._cells:
+            self._cells[key] = NovaDatabase(self._cell_url_for(ref), f"cell {self._cell_label(ref)}")
+        return self._cells[key]
+
+    def locate(self, vm_uuid: str):
+        """(cell reference, cell database, mapping row or None) of an instance, or BadInput."""
+        if self.api is None:
+            db = self.cell(None)
+            return None, db, None
+        with self.api.engine.connect() as conn:
+            mappings = self.api.select(conn, "instance_mappings", {"instance_uuid": vm_uuid})
+            mapping = mappings[0] if mappings else None
+            cells = self.api.select(conn, "cell_mappings", {})
+        by_id = {cell["id"]: cell for cell in cells}
+        if mapping and mapping.get("cell_id") in by_id:
+            ref = self._ref(by_id[mapping["cell_id"]])
+            return ref, self.cell(ref), mapping
+        for cell in cells:  # no usable mapping: look in every cell (the API answers 404 here)
+            ref = self._ref(cell)
+            try:
+                db = self.cell(ref)
+            except BadInput as error:
+                LOG.warning("skipping %s while searching for %s: %s", ref["name"], vm_uuid, error)
+                continue
+            with db.engine.connect() as conn:
+                if db.has_table("instances") and db.select(conn, "instances", {"uuid": vm_uuid}):
+                    return ref, db, mapping
+        if self._cell_url:
+            db = self.cell(None)
+            with db.engine.connect() as conn:
+                if db.select(conn, "instances", {"uuid": vm_uuid}):
+                    return None, db, mapping
+        raise BadInput(f"unknown instance {vm_uuid}: no cell database has it")
+
+    def _ref(self, cell: dict) -> dict:
+        return {"uuid": cell["uuid"], "name": cell["name"]}
+
+    @staticmethod
+    def _cell_label(ref):
+        return (ref or {}).get("name") or (ref or {}).get("uuid") or "default"
+
+    def _cell_url_for(self, ref: dict | None) -> str:
+        if ref is None:
+            if not self._cell_url:
+                raise BadInput("no cell database: set [database] connection")
+            return self._cell_url
+        for key in (ref["uuid"], ref.get("name")):
+            if key and key in self._overrides:
+                return self._overrides[key]
+        with self.api.engine.connect() as conn:
+            rows = self.api.select(conn, "cell_mappings", {"uuid": ref["uuid"]})
+        if not rows or not rows[0].get("database_connection"):
+            raise BadInput(f"cell {self._cell_label(ref)} has no database_connection; "
+                           f"set one under [cells] in the config")
+        return render_cell_url(rows[0]["database_connection"], self._cell_url)
+
+    def dispose(self):
+        for db in list(self._cells.values()) + ([self.api] if self.api else []):
+            db.dispose()

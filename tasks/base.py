@@ -1,0 +1,36 @@
+"""What every purge step shares: its stable name, the store inputs it is given, its ledger."""
+
+from taskflow import task
+
+from novapurge import context, faults, keys
+from novapurge.flows.naming import atom_name
+
+
+class PurgeTask(task.Task):
+    """A step of one VM's purge.
+
+    Subclasses set `group` (what `--skip` names) and implement execute/revert with explicit
+    parameters named after store keys. No state is kept on `self` between execute and revert.
+    """
+
+    group = None
+    reversible = True
+
+    def __init__(self, vm_uuid: str, purge_id: str, detail: str = "", **kwargs):
+        inject = {keys.VM_UUID: vm_uuid, keys.PURGE_ID: purge_id}
+        inject.update(kwargs.pop("inject", {}))
+        super().__init__(name=atom_name(self.step(), vm_uuid, detail), inject=inject, **kwargs)
+
+    @classmethod
+    def step(cls) -> str:
+        return cls.__name__
+
+    @property
+    def drivers(self):
+        return context.current()
+
+    def ledger(self, purge_id: str, vm_uuid: str):
+        return context.current().ledger.bind(purge_id, vm_uuid)
+
+    def fault(self, point: str) -> None:
+        faults.hit(self.step(), point)
