@@ -49,14 +49,22 @@ def common_options(command):
                 verbose, **kwargs):
         logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        as_json = fmt == "json"
+        as_json, app = fmt == "json", None
         try:
             settings = config.load(config=config_path, nova_conf=nova_conf, cell_url=cell_url,
                                    api_url=api_url, journal_url=journal_url, operator=operator,
                                    ticket=ticket)
-            return command(App(settings, as_json), **kwargs)
+            app = App(settings, as_json)
+            return command(app, **kwargs)
         except NovapurgeError as error:
             output.fail(str(error), error.exit_code, as_json)
+        except Exception as error:  # a bug: one line, the traceback with -v
+            logging.getLogger("novapurge").debug("unexpected error", exc_info=True)
+            output.fail(f"unexpected {type(error).__name__}: {error} (run with -v for details)",
+                        1, as_json)
+        finally:
+            if app is not None:
+                app.close()
     return wrapper
 
 
@@ -66,6 +74,13 @@ class App:
     def __init__(self, settings, as_json):
         self.settings, self.as_json = settings, as_json
         self._journal = self._purger = None
+
+    def close(self):
+        if self._purger is not None:
+            self._purger.close()
+            self._purger.novadb.dispose()
+        if self._journal is not None:
+            self._journal.close()
 
     @property
     def journal(self):

@@ -5,12 +5,14 @@ the `purge_flow` factory so that `resume` rebuilds the same flow from the journa
 """
 
 import contextlib
+from concurrent import futures
 import dataclasses
 import datetime
 import logging
 import signal
 
 import taskflow.engines
+from taskflow import atom as tf_atom
 from taskflow import states
 from taskflow.persistence import models
 
@@ -24,7 +26,7 @@ from novapurge.tasks.guards import check_guards
 from novapurge.tasks.markers import PassPointOfNoReturn
 
 LOG = logging.getLogger(__name__)
-ENGINE_OPTIONS = {"engine": "parallel", "max_workers": 4}
+STEP_THREADS = 4  # steps of one VM that may run at once (the flow is a graph)
 _OUTCOME = {states.SUCCESS: "succeeded", states.REVERTED: "reverted",
             states.SUSPENDED: "suspended", states.FAILURE: "revert-failed"}
 
@@ -48,6 +50,10 @@ class Purger:
         self.journal = journal
         self.novadb = novadb
         self.report = report
+        # One pool for every engine of this process: an engine that owns its pool pays a
+        # worker-shutdown wait (about a second) at its end.
+        self._executor = futures.ThreadPoolExecutor(STEP_THREADS, thread_name_prefix="step")
+        self._engine_options = {"engine": "parallel", "executor": self._executor}
         context.install(context.PurgeContext(novadb=novadb, ledger=journal.ledger))
 
     # -- read-only ---------------------------------------------------------------------------
@@ -111,7 +117,7 @@ class Purger:
         for vm_uuid in todo:
             engine = taskflow.engines.load_from_factory(
                 purge_flow, factory_args=[vm_uuid], factory_kwargs={"options": options},
-                book=book, backend=self.journal.backend, **ENGINE_OPTIONS)
+                book=book, backend=self.journal.backend, **self._engine_options)
             outcomes.append(self._run(engine, vm_uuid, book.uuid))
         return book.uuid, outcomes
 
@@ -124,7 +130,7 @@ class Purger:
                 outcomes.append(Outcome(vm_uuid, "nothing-to-do", f"already {fd.state}"))
                 continue
             engine = taskflow.engines.load_from_detail(fd, backend=self.journal.backend,
-                                                       **ENGINE_OPTIONS)
+                                                       **self._engine_options)
             outcomes.append(self._run(engine, vm_uuid, purge_id))
         return outcomes
 
@@ -137,18 +143,18 @@ class Purger:
                 outcomes.append(Outcome(vm_uuid, "nothing-to-do", "already rolled back"))
                 continue
             engine = taskflow.engines.load_from_detail(fd, backend=self.journal.backend,
-                                                       **ENGINE_OPTIONS)
+                                                       **self._engine_options)
             engine.compile()
             engine.prepare()
             self._refuse_past_no_return(engine, vm_uuid)
-            for atom in engine.compilation.execution_graph.nodes:
+            for atom in _atoms(engine):
                 engine.storage.set_atom_intention(atom.name, states.REVERT)
             outcomes.append(self._run(engine, vm_uuid, purge_id))
         return outcomes
 
     @staticmethod
     def _refuse_past_no_return(engine, vm_uuid):
-        for atom in engine.compilation.execution_graph.nodes:
+        for atom in _atoms(engine):
             if getattr(atom, "reversible", True) or isinstance(atom, PassPointOfNoReturn):
                 continue
             if engine.storage.get_atom_state(atom.name) not in (states.PENDING, None):
@@ -169,6 +175,9 @@ class Purger:
                            failed[1] if failed else "", failed[0] if failed else None)
         finally:
             self.journal.locks.release(vm_uuid)
+
+    def close(self):
+        self._executor.shutdown(wait=True)
 
     # -- status ------------------------------------------------------------------------------
     def status(self, purge_id=None) -> list:
@@ -197,6 +206,12 @@ class Purger:
         return {"purge_id": book.uuid, "state": overall[0] if len(overall) == 1 else "MIXED",
                 "operator": book.meta.get("operator"), "ticket": book.meta.get("ticket"),
                 "started_at": book.meta.get("started_at"), "vms": vms}
+
+
+def _atoms(engine) -> list:
+    """The tasks of a compiled engine (its execution graph also holds flow nodes)."""
+    return [node for node in engine.compilation.execution_graph.nodes
+            if isinstance(node, tf_atom.Atom)]
 
 
 def flow_status(flow_state: str, holder) -> str:

@@ -162,6 +162,15 @@ def create_schema(engine: sa.Engine, which: str, legacy: str | None = None) -> N
     """Create Nova's tables on an empty database (SQLite file or MariaDB/MySQL)."""
     dialect = "mysql" if engine.dialect.name in ("mysql", "mariadb") else engine.dialect.name
     statements = schema_statements(which, dialect, legacy)
+    if dialect == "sqlite":
+        # pysqlite autocommits each DDL statement (one fsync each); one script is ~10x faster.
+        raw = engine.raw_connection()
+        try:
+            raw.driver_connection.executescript(
+                "BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;")
+        finally:
+            raw.close()
+        return
     # One connection: the dump's SET FOREIGN_KEY_CHECKS=0 must cover every CREATE TABLE.
     with engine.begin() as conn:
         for statement in statements:
