@@ -105,6 +105,8 @@ class Purger:
                                         f"already purged by {self.purged_by(vm_uuid)}"))
             else:
                 todo.append(vm_uuid)
+        if not todo:
+            return None, outcomes
         book = models.LogBook("novapurge")
         book.meta = {"operator": self.journal.ledger.actor.operator,
                      "ticket": self.journal.ledger.actor.ticket, "vms": list(vm_uuids),

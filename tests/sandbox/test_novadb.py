@@ -35,8 +35,7 @@ def _mysql_up() -> bool:
 @pytest.fixture(scope="module")
 def mysql_names():
     """Throw-away database names on the MariaDB server, dropped in teardown."""
-    if not _mysql_up():
-        pytest.skip("MariaDB on 127.0.0.1:3306 not reachable")
+    assert _mysql_up(), "MariaDB on 127.0.0.1:3306 must be up (`make test` starts it)"
     base = f"np_test_sandbox_{secrets.token_hex(4)}"
     names = []
 
