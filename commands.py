@@ -106,12 +106,18 @@ def show_status(app, purge_id):
     if app.as_json:
         output.emit_json(books[0] if purge_id else books)
         return
-    rows = [(b["purge_id"], vm["vm_uuid"], vm["state"], f"{vm['steps_done']}/{vm['steps']}",
-             vm["failed_step"], vm["reason"], ",".join(vm["skipped_groups"]) or None,
-             b["operator"], b["started_at"]) for b in books for vm in b["vms"]]
-    output.out_console.print(output.table(
-        "Purges", ("purge id", "vm", "state", "steps", "failed step", "reason", "skipped",
-                   "operator", "started"), rows))
+    if not books:
+        output.out_console.print("no purges in this journal")
+    for book in books:
+        skipped = sorted({g for vm in book["vms"] for g in vm["skipped_groups"]})
+        title = (f"purge {book['purge_id']}  {book['state']}  by {book['operator']}"
+                 + (f" ({book['ticket']})" if book["ticket"] else "")
+                 + f"  started {book['started_at'][:19] if book['started_at'] else '?'}"
+                 + (f"  skipped: {','.join(skipped)}" if skipped else ""))
+        output.out_console.print(output.table(title, ("vm", "state", "steps", "failed step / reason"), [
+            (vm["vm_uuid"], vm["state"], f"{vm['steps_done']}/{vm['steps']}",
+             f"{vm['failed_step']}: {vm['reason']}" if vm["failed_step"] else "")
+            for vm in book["vms"]]))
 
 
 def export_audit(app, purge_id, everything, export_format, path):

@@ -52,7 +52,7 @@ class NovaDatabase:
             with self.engine.connect():
                 pass
         except sa_exc.SQLAlchemyError as error:
-            raise BadInput(f"cannot reach the {label} database {safe_url(url)}: "
+            raise BadInput(f"cannot reach Nova database {label} at {safe_url(url)}: "
                            f"{type(error.orig or error).__name__}") from None
 
     @property
@@ -162,13 +162,13 @@ class NovaDatabases:
         self._cell_url = cell_url
         self._overrides = dict(overrides or {})
         self._cells = {}
-        self.api = NovaDatabase(api_url, "API") if api_url else None
+        self.api = NovaDatabase(api_url, "api") if api_url else None
 
     def cell(self, ref: dict | None) -> NovaDatabase:
         """The cell database named by a facts' cell reference ({"uuid","name"} or None)."""
         key = (ref or {}).get("uuid") or "default"
         if key not in self._cells:
-            self._cells[key] = NovaDatabase(self._cell_url_for(ref), f"cell {self._cell_label(ref)}")
+            self._cells[key] = NovaDatabase(self._cell_url_for(ref), self._cell_label(ref))
         return self._cells[key]
 
     def locate(self, vm_uuid: str):

@@ -194,7 +194,7 @@ class Purger:
             state = flow_status(fd.state, holder if holder and holder.purge_id == book.uuid
                                 else None)
             atoms = list(fd)
-            failure = next(((step_of(a.name), str(a.failure.exception_str))
+            failure = next(((step_of(a.name), a.failure.exception_str.splitlines()[0][:300])
                             for a in atoms if a.failure is not None), None)
             vms.append({"vm_uuid": vm_uuid, "state": state,
                         "steps_done": sum(a.state == states.SUCCESS for a in atoms),
@@ -229,7 +229,7 @@ def failed_step(storage):
     """(step, message) of the first execute or revert failure stored, if any."""
     for failures in (storage.get_revert_failures(), storage.get_execute_failures()):
         for name, failure in failures.items():
-            return step_of(name), failure.exception_str
+            return step_of(name), failure.exception_str.splitlines()[0][:300]
     return None
 
 
