@@ -30,7 +30,7 @@ def fail(message: str, code: int, as_json: bool) -> None:
     if as_json:
         emit_json({"error": message, "exit_code": code})
     else:
-        err_console.print(f"[bold red]novapurge: error:[/] {message}", markup=True,
+        err_console.print(f"[bold red]novapurge: error:[/] {escape(message)}", markup=True,
                           soft_wrap=True)
     sys.exit(code)
 

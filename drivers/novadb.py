@@ -157,8 +157,6 @@ class NovaDatabases:
     """
 
     def __init__(self, cell_url=None, api_url=None, overrides=None):
-        if not cell_url and not api_url:
-            raise BadInput("no Nova database given: set [database] connection (or --nova-conf)")
         self._cell_url = cell_url
         self._overrides = dict(overrides or {})
         self._cells = {}
@@ -173,6 +171,9 @@ class NovaDatabases:
 
     def locate(self, vm_uuid: str):
         """(cell reference, cell database, mapping row or None) of an instance, or BadInput."""
+        if not self._cell_url and self.api is None:
+            raise BadInput("no Nova database given: use --db/--api-db, --nova-conf or the "
+                           "[database] section of novapurge.toml")
         if self.api is None:
             db = self.cell(None)
             return None, db, None
