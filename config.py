@@ -7,7 +7,6 @@ masks them.
 
 import configparser
 import dataclasses
-import os
 import pathlib
 import tomllib
 
@@ -107,7 +106,3 @@ def load(config=None, nova_conf=None, **flags) -> Settings:
             setattr(settings, key, value)
     settings.sources = sources
     return settings
-
-
-def env_default(name: str):
-    return os.environ.get(name)

@@ -325,3 +325,51 @@ def test_sqlite_directory_that_cannot_be_created_is_bad_input(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(BadInput, match="cannot create the journal directory"):
         open_backend(f"sqlite:///{tmp_path}/file/journal.sqlite")
+
+
+@pytest.mark.mysql
+def test_mysql_connections_return_to_the_pool_without_open_transactions():
+    with mysql_database() as url:
+        backend = open_backend(url)
+        engine = engine_of(backend)
+        try:
+            book_uuid, _ = run_flow(backend, linear_flow.Flow("tx").add(Step("step-1")))
+            list(backend.get_connection().get_logbook(book_uuid))  # a read, then back to the pool
+            raw = engine.raw_connection()  # a write nobody committed nor rolled back
+            raw.cursor().execute("UPDATE logbooks SET name = 'uncommitted'")
+            raw.close()
+            name = sa.engine.make_url(url).database
+            with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as admin:
+                open_transactions = admin.exec_driver_sql(
+                    "SELECT COUNT(*) FROM information_schema.innodb_trx t JOIN "
+                    "information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+                    "WHERE p.db = %s", (name,)).scalar()
+                names = admin.exec_driver_sql("SELECT DISTINCT name FROM logbooks").scalars()
+                assert open_transactions == 0 and "uncommitted" not in list(names)
+        finally:
+            backend.close()
+
+
+@pytest.mark.mysql
+def test_mysql_connections_killed_while_idle_are_replaced(monkeypatch):
+    from novapurge.persistence import backend as journal
+
+    monkeypatch.setattr(journal, "MYSQL_PING_AFTER_IDLE_S", 0.0)
+    with mysql_database() as url:
+        backend = open_backend(url)
+        try:
+            run_flow(backend, linear_flow.Flow("before").add(Step("step-1")))
+            name = sa.engine.make_url(url).database
+            with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as admin:
+                ids = admin.exec_driver_sql(
+                    "SELECT id FROM information_schema.processlist WHERE db = %s "
+                    "AND id <> CONNECTION_ID()", (name,)).scalars().all()
+                for thread_id in ids:
+                    admin.exec_driver_sql(f"KILL {int(thread_id)}")
+            assert ids
+
+            book_uuid, _ = run_flow(backend, linear_flow.Flow("after").add(Step("step-1")))
+
+            assert stored_flow(url, book_uuid).state == states.SUCCESS
+        finally:
+            backend.close()
