@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from novapurge import config, errors, output, validate
+from novapurge import config, errors, faults, output, validate
 from novapurge.drivers.novadb import NovaDatabases
-from novapurge.errors import NovapurgeError
+from novapurge.errors import BadInput, NovapurgeError
 from novapurge.persistence.ledger import Actor
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
@@ -21,14 +21,17 @@ def common_options(command):
         click.option("-f", "--output-format", "fmt", type=click.Choice(["table", "json"]),
                      default="table", show_default=True, help="json: machine-readable output."),
         click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="NOVAPURGE_CONFIG",
-                     help="novapurge.toml [env NOVAPURGE_CONFIG; default ./novapurge.toml, "
-                          "~/.config/novapurge/, /etc/novapurge/]."),
+                     help="novapurge.toml [env NOVAPURGE_CONFIG; default the first of "
+                          "./novapurge.toml, ~/.config/novapurge/novapurge.toml, "
+                          "/etc/novapurge/novapurge.toml]."),
         click.option("--nova-conf", type=click.Path(dir_okay=False),
                      envvar="NOVAPURGE_NOVA_CONF",
-                     help="Read [database]/[api_database] from this nova.conf "
-                          "[env NOVAPURGE_NOVA_CONF]."),
+                     help="Read [database]/[api_database] connections, instances_path and "
+                          "memcached servers from this nova.conf [env NOVAPURGE_NOVA_CONF]."),
         click.option("--db", "cell_url", envvar="NOVAPURGE_DB", metavar="URL",
-                     help="Cell (main) database URL [env NOVAPURGE_DB]."),
+                     help="Cell (main) database URL: the only one without an API DB; with one, "
+                          "cells come from cell_mappings and this fills templated mappings "
+                          "[env NOVAPURGE_DB]."),
         click.option("--api-db", "api_url", envvar="NOVAPURGE_API_DB", metavar="URL",
                      help="API database URL; cells are found through its cell mappings "
                           "[env NOVAPURGE_API_DB]."),
@@ -51,6 +54,10 @@ def common_options(command):
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         as_json, app = fmt == "json", None
         try:
+            try:
+                faults.check()
+            except ValueError as error:
+                raise BadInput(str(error)) from None
             settings = config.load(config=config_path, nova_conf=nova_conf, cell_url=cell_url,
                                    api_url=api_url, journal_url=journal_url, operator=operator,
                                    ticket=ticket)
@@ -116,7 +123,9 @@ def main():
 
 skip_option = click.option(
     "--skip", multiple=True, metavar="GROUP[,GROUP]",
-    help=f"Leave a step group out (recorded in the ledger): {', '.join(validate.STEP_GROUPS)}.")
+    help="Leave a step group out (recorded in the ledger): db, quota, mapping, placement. "
+         "(host, console, volumes, ports, images: accepted, their steps arrive later.) "
+         "Skipping db requires skipping quota and mapping.")
 force_option = click.option("--force", is_flag=True,
                             help="Purge even an instance that looks healthy.")
 
@@ -173,7 +182,16 @@ def rollback(app, purge_id, yes):
 @click.argument("purge_id", required=False)
 @common_options
 def status(app, purge_id):
-    """Show purges: RUNNING, INTERRUPTED (resumable), SUCCESS, REVERTED, SUSPENDED or FAILED."""
+    """Show purges and each VM's state.
+
+    \b
+    RUNNING      its process is alive
+    INTERRUPTED  its process is gone (killed, lost SSH, reboot): `resume` or `rollback`
+    SUSPENDED    stopped on a signal, or a finalize step failed: `resume`
+    SUCCESS      purged;  REVERTED: rolled back, nothing changed
+    FAILED       a revert failed: the ledger says what to restore
+    A purge whose VMs differ shows MIXED.
+    """
     from novapurge.commands import show_status
     show_status(app, purge_id)
 
@@ -195,6 +213,7 @@ def audit_export(app, purge_id, everything, export_format, path):
     """Export every change of a purge (or --all): who, when, where, before, after.
 
     Secrets are redacted when recorded; the protected copies revert needs are never exported.
+    --format chooses the export; -f only the summary printed when writing to a file (-o).
     """
     from novapurge.commands import export_audit
     export_audit(app, purge_id, everything, export_format, path)
@@ -203,7 +222,7 @@ def audit_export(app, purge_id, everything, export_format, path):
 @audit.command("verify")
 @common_options
 def audit_verify(app):
-    """Recompute the ledger's hash chain; exit 6 naming the entries that were altered."""
+    """Recompute the ledger's hash chain; exit 7 naming the entries that were altered."""
     from novapurge.commands import verify_audit
     verify_audit(app)
 
@@ -215,8 +234,8 @@ def audit_verify(app):
 def demo(app, directory):
     """Build a sandbox cloud (SQLite Nova DBs, stuck and healthy instances) and purge it.
 
-    Needs no server, no root and no network. Shows the plan, purges the stuck instances, shows
-    status and the audit trail, rolls one purge back, and checks the neighbours are untouched.
+    Needs no server, no root and no network. Shows the plan, refuses a healthy instance, purges
+    the stuck ones, shows status and the audit trail, and checks the neighbours are untouched.
     """
     from novapurge.sandbox.demo import run_demo
     run_demo(app, directory)

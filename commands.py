@@ -31,14 +31,20 @@ def show_plan(app, vm_uuids, force, skip, graph_path):
                                      f"{plan['already_purged_by']}; nothing to do")
             continue
         facts = plan["facts"]["instance"]
-        rows = [(i + 1, s["step"], s["group"], "yes" if s["reversible"] else "no",
-                 _summary(s["changes"])) for i, s in enumerate(plan["steps"])]
+        rows = [(i + 1, s["step"], s["group"], _reversibility(s), _summary(s["changes"]))
+                for i, s in enumerate(plan["steps"])]
         output.out_console.print(output.table(
             f"Plan for {plan['vm_uuid']} ({facts.get('display_name')}, vm_state "
             f"{facts.get('vm_state')}, task_state {facts.get('task_state')}, host "
             f"{facts.get('host')})", ("#", "step", "group", "reversible", "changes"), rows))
     if graph_path:
         output.err_console.print(f"step graph written to {graph_path}")
+
+
+def _reversibility(step) -> str:
+    if not step["changes"]:
+        return "n/a" if step["reversible"] else "no"
+    return "yes" if step["reversible"] else "no"
 
 
 def _summary(changes) -> str:
@@ -60,16 +66,18 @@ def _confirm(app, question: str, yes: bool):
         raise Refused("not confirmed: nothing was changed")
 
 
-def _finish(app, purge_id, outcomes, verb):
+def _finish(app, purge_id, outcomes, verb, expected="succeeded"):
+    """Print the outcomes; exit with the code of the worst unexpected one."""
     data = {"purge_id": purge_id, "vms": [o.__dict__ for o in outcomes]}
     if app.as_json:
         output.emit_json(data)
     else:
         output.out_console.print(output.table(
-            f"{verb} {purge_id}", ("vm", "result", "failed step", "message"),
+            f"{verb} {purge_id}" if purge_id else f"{verb}: nothing to do",
+            ("vm", "result", "failed step", "message"),
             [(o.vm_uuid, o.result, o.failed_step, o.message) for o in outcomes]))
     worst = next((r for r in ("revert-failed", "suspended", "interrupted", "reverted")
-                  if any(o.result == r for o in outcomes)), None)
+                  if r != expected and any(o.result == r for o in outcomes)), None)
     if worst:
         error = _RESULT_ERRORS[worst]
         if app.as_json:
@@ -97,7 +105,7 @@ def run_rollback(app, purge_id, yes):
     purge_id = validate.purge_id(purge_id)
     app.journal.book(purge_id)  # unknown ids fail before any question
     _confirm(app, f"Roll back every change of purge {purge_id}?", yes)
-    _finish(app, purge_id, app.purger.rollback(purge_id), "Rollback")
+    _finish(app, purge_id, app.purger.rollback(purge_id), "Rollback", expected="reverted")
 
 
 def show_status(app, purge_id):

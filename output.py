@@ -37,11 +37,10 @@ def fail(message: str, code: int, as_json: bool) -> None:
 
 def step_reporter(enabled: bool):
     """A progress callback printing each step's transitions on stderr."""
-    marks = {"RUNNING": "[cyan]…[/]", "SUCCESS": "[green]✓[/]", "FAILURE": "[red]✗[/]",
-             "REVERTING": "[yellow]↺[/]", "REVERTED": "[yellow]↺ reverted[/]",
-             "REVERT_FAILURE": "[red]✗ revert failed[/]"}
+    marks = {"SUCCESS": "[green]✓[/] done    ", "FAILURE": "[red]✗ failed  [/]",
+             "REVERTED": "[yellow]↺ reverted[/]", "REVERT_FAILURE": "[red]✗ revert failed[/]"}
 
     def report(vm_uuid, step, state):
-        if enabled and state in marks and state != "RUNNING":
+        if enabled and state in marks:
             err_console.print(f"  {marks[state]} {step:<24} {vm_uuid}", markup=True)
     return report

@@ -45,7 +45,11 @@ def skip_groups(values) -> list:
             if name not in _GROUPS:
                 raise BadInput(f"unknown step group {name!r}; known: {', '.join(_GROUPS)}")
             groups.append(name)
-    return sorted(set(groups))
+    groups = sorted(set(groups))
+    if "db" in groups and not {"quota", "mapping"} <= set(groups):
+        raise BadInput("--skip db leaves the instance live: releasing its quota or queueing its "
+                       "mapping would then be wrong; skip quota and mapping too")
+    return groups
 
 
 STEP_GROUPS = _GROUPS

@@ -158,9 +158,17 @@ class NovaDatabases:
 
     def __init__(self, cell_url=None, api_url=None, overrides=None):
         self._cell_url = cell_url
+        self._api_url = api_url
+        self._api = None
         self._overrides = dict(overrides or {})
         self._cells = {}
-        self.api = NovaDatabase(api_url, "api") if api_url else None
+
+    @property
+    def api(self) -> NovaDatabase | None:
+        """The API database (connected on first use), or None on a cloud without one."""
+        if self._api is None and self._api_url:
+            self._api = NovaDatabase(self._api_url, "api")
+        return self._api
 
     def cell(self, ref: dict | None) -> NovaDatabase:
         """The cell database named by a facts' cell reference ({"uuid","name"} or None)."""
@@ -171,7 +179,7 @@ class NovaDatabases:
 
     def locate(self, vm_uuid: str):
         """(cell reference, cell database, mapping row or None) of an instance, or BadInput."""
-        if not self._cell_url and self.api is None:
+        if not self._cell_url and not self._api_url:
             raise BadInput("no Nova database given: use --db/--api-db, --nova-conf or the "
                            "[database] section of novapurge.toml")
         if self.api is None:
@@ -225,5 +233,5 @@ class NovaDatabases:
         return render_cell_url(rows[0]["database_connection"], self._cell_url)
 
     def dispose(self):
-        for db in list(self._cells.values()) + ([self.api] if self.api else []):
+        for db in list(self._cells.values()) + ([self._api] if self._api else []):
             db.dispose()

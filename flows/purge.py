@@ -62,7 +62,12 @@ def step_graph(flow) -> nx.DiGraph:
         graph.add_node(step_of(task.name), group=getattr(task, "group", None) or "-")
     for u, v, _meta in flow.iter_links():
         graph.add_edge(step_of(u.name), step_of(v.name))
-    return nx.transitive_reduction(graph) if nx.is_directed_acyclic_graph(graph) else graph
+    if not nx.is_directed_acyclic_graph(graph):
+        return graph
+    reduced = nx.transitive_reduction(graph)
+    reduced.add_nodes_from(graph.nodes(data=True))
+    reduced.graph.update(graph.graph)
+    return reduced
 
 
 def steps_in_order(flow) -> list:

@@ -116,17 +116,31 @@ class Purger:
         if on_start:
             on_start(book.uuid)
         options = {"purge_id": book.uuid, "force": bool(force), "skip": list(skip)}
-        for vm_uuid in todo:
-            engine = taskflow.engines.load_from_factory(
-                purge_flow, factory_args=[vm_uuid], factory_kwargs={"options": options},
-                book=book, backend=self.journal.backend, **self._engine_options)
+        # Every VM's flow detail is journaled before the first runs, so `resume` after a crash
+        # finds them all.
+        engines = [(vm_uuid, taskflow.engines.load_from_factory(
+            purge_flow, factory_args=[vm_uuid], factory_kwargs={"options": options},
+            book=book, backend=self.journal.backend, **self._engine_options))
+            for vm_uuid in todo]
+        for vm_uuid, engine in engines:
             outcomes.append(self._run(engine, vm_uuid, book.uuid))
         return book.uuid, outcomes
+
+    def _details(self, purge_id: str) -> list:
+        """The flow details of a purge, once the databases its facts name are reachable."""
+        details = list(self.journal.book(purge_id))
+        for fd in details:
+            facts = next((ad.results for ad in fd if ad.name.startswith("DiscoverInstance:")
+                          and isinstance(ad.results, dict)), None)
+            if facts and (facts.get("cell") or facts.get("api_db")) and self.novadb.api is None:
+                raise BadInput(f"{vm_of_detail(fd)} was found through an API database: give "
+                               f"--api-db (or --nova-conf) to resume or roll back purge {purge_id}")
+        return details
 
     def resume(self, purge_id: str):
         """Continue every unfinished VM of a purge from where the journal says it stopped."""
         outcomes = []
-        for fd in self.journal.book(purge_id):
+        for fd in self._details(purge_id):
             vm_uuid = vm_of_detail(fd)
             if fd.state in (states.SUCCESS, states.REVERTED):
                 outcomes.append(Outcome(vm_uuid, "nothing-to-do", f"already {fd.state}"))
@@ -139,7 +153,7 @@ class Purger:
     def rollback(self, purge_id: str):
         """Revert every VM of a purge to the state it was found in (refused past no return)."""
         outcomes = []
-        for fd in self.journal.book(purge_id):
+        for fd in self._details(purge_id):
             vm_uuid = vm_of_detail(fd)
             if fd.state == states.REVERTED:
                 outcomes.append(Outcome(vm_uuid, "nothing-to-do", "already rolled back"))
@@ -194,8 +208,9 @@ class Purger:
             state = flow_status(fd.state, holder if holder and holder.purge_id == book.uuid
                                 else None)
             atoms = list(fd)
-            failure = next(((step_of(a.name), a.failure.exception_str.splitlines()[0][:300])
-                            for a in atoms if a.failure is not None), None)
+            failure = next(((step_of(a.name), f.exception_str.splitlines()[0][:300])
+                            for a in atoms for f in (a.revert_failure, a.failure)
+                            if f is not None), None)
             vms.append({"vm_uuid": vm_uuid, "state": state,
                         "steps_done": sum(a.state == states.SUCCESS for a in atoms),
                         "steps": len(atoms),

@@ -1,6 +1,10 @@
 """The journal database: TaskFlow's logbooks (one per purge), the change ledger and the VM locks."""
 
 import contextlib
+import os
+import pathlib
+
+import sqlalchemy as sa
 
 from taskflow import exceptions as tf_exc
 
@@ -12,9 +16,27 @@ from novapurge.persistence.ledger import Ledger
 from novapurge.persistence.locks import VmLocks
 
 
+def protect_sqlite_file(url: str) -> None:
+    """A SQLite journal holds protected before-states: its folder 0700, the file 0600."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or \
+            parsed.database == ":memory:":
+        return
+    path = pathlib.Path(parsed.database).expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(path, 0o600)
+
+
 class Journal:
     def __init__(self, url: str, actor):
         self.url = url
+        try:
+            protect_sqlite_file(url)
+        except sa.exc.ArgumentError:
+            pass  # open_backend names the problem
+        except OSError as error:
+            raise BadInput(f"cannot create the journal file: {error.strerror}") from None
         self.backend = open_backend(url)
         self.engine = make_engine(url)
         self.ledger = Ledger(self.engine, actor)
@@ -44,13 +66,6 @@ class Journal:
     def save(self, book) -> None:
         with self.connection() as conn:
             conn.save_logbook(book)
-
-    def purged_by(self, vm_uuid: str) -> str | None:
-        """The purge that took `vm_uuid` past its point of no return, if any."""
-        for row in self.ledger.rows(vm_uuid=vm_uuid):
-            if row["atom"].startswith("PassPointOfNoReturn:") and row["outcome"] == "passed":
-                return row["purge_id"]
-        return None
 
     def close(self) -> None:
         self.backend.close()

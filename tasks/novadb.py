@@ -32,7 +32,9 @@ def instance_changes(vm_uuid: str) -> list:
                 RowChange("tags", {"resource_id": vm_uuid}, "hard-delete",
                           reason="instance_destroy"),
                 RowChange("console_auth_tokens", {"instance_uuid": vm_uuid}, "hard-delete",
-                          reason="instance_destroy (current console tokens)")]
+                          reason="instance_destroy (current console tokens)"),
+                RowChange("share_mapping", {"instance_uuid": vm_uuid}, "hard-delete",
+                          reason="no deleted column; its foreign key would block archiving")]
     changes += [RowChange(t, {column: vm_uuid, **live}, "soft-delete", reason="leftover")
                 for t, column in LEFTOVER_SOFT_DELETED]
     changes += [RowChange("fixed_ips", {"instance_uuid": vm_uuid, **live}, "update",

@@ -41,7 +41,7 @@ class Explode(task.Task):
 
 @contextlib.contextmanager
 def mysql_database():
-    """A fresh MariaDB database `np_test_backend_<random>`, dropped afterwards; skip if no server."""
+    """A fresh MariaDB database `np_test_backend_<random>`, dropped afterwards (skip: no server)."""
     server = sa.engine.make_url(MYSQL_SERVER).set(database="")
     admin = sa.create_engine(server, poolclass=sa.pool.NullPool)
     name = f"np_test_backend_{uuid.uuid4().hex[:12]}"
