@@ -79,9 +79,16 @@ class NovaDatabase:
         return self._keys[name]
 
     def table(self, name: str) -> sa.TableClause:
-        """The table with untyped columns (raw values in, raw values out)."""
+        """The table with untyped columns (raw values in, raw values out).
+
+        On SQLite a table keyed by anything but `id` also shows its hidden rowid, so a deleted
+        row is re-inserted where it was (the file's own order stays byte-identical).
+        """
         validate.identifier(name, "table name")
-        return sa.table(name, *(sa.column(c) for c in self.columns(name)))
+        columns = list(self.columns(name))
+        if self.dialect == "sqlite" and self.primary_key(name) != ["id"]:
+            columns.append("rowid")
+        return sa.table(name, *(sa.column(c) for c in columns))
 
     def select(self, conn, name: str, where: dict, *, for_update=False) -> list:
         """Rows of `name` matching `where` (column: value, None meaning IS NULL) in key order."""
