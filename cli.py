@@ -159,23 +159,47 @@ def purge(app, vm_uuids, yes, force, skip):
     run_purge(app, vm_uuids, yes, force, skip)
 
 
+take_over_option = click.option(
+    "--take-over", is_flag=True,
+    help="Take over VMs whose purge process ran on another machine that you know is gone "
+         "(this machine cannot check it); recorded in the ledger.")
+
+
 @main.command()
 @click.argument("purge_id")
+@take_over_option
 @common_options
-def resume(app, purge_id):
-    """Continue an interrupted or suspended purge from its last journaled step."""
+def resume(app, purge_id, take_over):
+    """Continue an interrupted or suspended purge from its last journaled step.
+
+    Steps already done keep their results (facts are not re-discovered); the step that was
+    running when the purge stopped runs again and finds its first before-state in the ledger.
+    """
     from novapurge.commands import run_resume
-    run_resume(app, purge_id)
+    run_resume(app, purge_id, take_over)
 
 
 @main.command()
 @click.argument("purge_id")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@take_over_option
 @common_options
-def rollback(app, purge_id, yes):
-    """Undo a purge: every recorded change is restored to the state it was found in."""
+def rollback(app, purge_id, yes, take_over):
+    """Undo a purge: every recorded change is restored to the state it was found in.
+
+    Works on finished, interrupted and suspended purges; refused once an irreversible step
+    after the point of no return has run.
+    """
     from novapurge.commands import run_rollback
-    run_rollback(app, purge_id, yes)
+    run_rollback(app, purge_id, yes, take_over)
+
+
+@main.command("config")
+@common_options
+def show_config(app):
+    """Show the effective settings and where they came from (passwords masked)."""
+    from novapurge.commands import show_config
+    show_config(app)
 
 
 @main.command()

@@ -96,16 +96,28 @@ def run_purge(app, vm_uuids, yes, force, skip):
     _finish(app, purge_id, outcomes, "Purge")
 
 
-def run_resume(app, purge_id):
+def run_resume(app, purge_id, take_over=False):
     purge_id = validate.purge_id(purge_id)
-    _finish(app, purge_id, app.purger.resume(purge_id), "Resume")
+    _finish(app, purge_id, app.purger.resume(purge_id, take_over), "Resume")
 
 
-def run_rollback(app, purge_id, yes):
+def run_rollback(app, purge_id, yes, take_over=False):
     purge_id = validate.purge_id(purge_id)
     app.journal.book(purge_id)  # unknown ids fail before any question
     _confirm(app, f"Roll back every change of purge {purge_id}?", yes)
-    _finish(app, purge_id, app.purger.rollback(purge_id), "Rollback", expected="reverted")
+    _finish(app, purge_id, app.purger.rollback(purge_id, take_over), "Rollback",
+            expected="reverted")
+
+
+def show_config(app):
+    settings = app.settings.describe()
+    if app.as_json:
+        output.emit_json(settings)
+        return
+    output.out_console.print(output.table(
+        "Effective settings (flags > environment > novapurge.toml > nova.conf)",
+        ("setting", "value"), [(k, v if v not in (None, [], {}) else "-")
+                               for k, v in settings.items()]))
 
 
 def show_status(app, purge_id):

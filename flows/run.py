@@ -137,7 +137,7 @@ class Purger:
                                f"--api-db (or --nova-conf) to resume or roll back purge {purge_id}")
         return details
 
-    def resume(self, purge_id: str):
+    def resume(self, purge_id: str, take_over=False):
         """Continue every unfinished VM of a purge from where the journal says it stopped."""
         outcomes = []
         for fd in self._details(purge_id):
@@ -147,10 +147,10 @@ class Purger:
                 continue
             engine = taskflow.engines.load_from_detail(fd, backend=self.journal.backend,
                                                        **self._engine_options)
-            outcomes.append(self._run(engine, vm_uuid, purge_id))
+            outcomes.append(self._run(engine, vm_uuid, purge_id, take_over))
         return outcomes
 
-    def rollback(self, purge_id: str):
+    def rollback(self, purge_id: str, take_over=False):
         """Revert every VM of a purge to the state it was found in (refused past no return)."""
         outcomes = []
         for fd in self._details(purge_id):
@@ -165,7 +165,7 @@ class Purger:
             self._refuse_past_no_return(engine, vm_uuid)
             for atom in _atoms(engine):
                 engine.storage.set_atom_intention(atom.name, states.REVERT)
-            outcomes.append(self._run(engine, vm_uuid, purge_id))
+            outcomes.append(self._run(engine, vm_uuid, purge_id, take_over))
         return outcomes
 
     @staticmethod
@@ -177,8 +177,12 @@ class Purger:
                 raise Refused(f"{vm_uuid} is past its point of no return: {step_of(atom.name)} "
                               f"ran and cannot be undone")
 
-    def _run(self, engine, vm_uuid: str, purge_id: str) -> Outcome:
-        self.journal.locks.acquire(vm_uuid, purge_id)
+    def _run(self, engine, vm_uuid: str, purge_id: str, take_over=False) -> Outcome:
+        previous = self.journal.locks.acquire(vm_uuid, purge_id, take_over_remote=take_over)
+        if previous is not None and previous.machine != self.journal.locks.machine():
+            self.journal.ledger.bind(purge_id, vm_uuid).note(
+                f"TakeOverLock:{vm_uuid}", f"lock:{previous.acquired_at}", "taken-over",
+                {"from_machine": previous.machine, "from_pid": previous.pid})
         try:
             with StepListener(engine, self.report), _suspend_on_signals(engine):
                 try:

@@ -55,8 +55,13 @@ class VmLocks:
                                .where(schema.locks.c.vm_uuid == vm_uuid)).first()
         return Holder(**row._mapping) if row else None
 
-    def acquire(self, vm_uuid: str, purge_id: str) -> None:
-        """Take the VM's lock for this process, or raise Refused naming the running purge."""
+    def acquire(self, vm_uuid: str, purge_id: str, take_over_remote=False) -> Holder | None:
+        """Take the VM's lock for this process, or raise Refused naming the running purge.
+
+        A dead holder of the same purge is taken over (that is what resume does); a holder on
+        another machine only with `take_over_remote`, the operator's word that it is gone.
+        Returns the holder taken over, if any.
+        """
         row = {"vm_uuid": vm_uuid, "purge_id": purge_id, **self._me,
                "acquired_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         for _attempt in range(3):
@@ -68,12 +73,24 @@ class VmLocks:
                 holder = self.holder(vm_uuid)
                 if holder is None:
                     continue
-                if holder.alive and (holder.machine, holder.pid) != (row["machine"], row["pid"]):
-                    raise Refused(f"another purge ({holder.purge_id}) of {vm_uuid} is running: "
-                                  f"pid {holder.pid} on {holder.machine}") from None
+                if (holder.machine, holder.pid) == (row["machine"], row["pid"]):
+                    return None
+                remote = holder.machine != row["machine"]
+                if holder.purge_id != purge_id:
+                    raise Refused(f"purge {holder.purge_id} holds {vm_uuid} "
+                                  f"({'running' if holder.alive else 'interrupted'}): resume or "
+                                  f"roll it back first") from None
+                if holder.alive and not (remote and take_over_remote):
+                    raise Refused(f"purge {purge_id} of {vm_uuid} is running: pid {holder.pid} "
+                                  f"on {holder.machine}"
+                                  + (" (if that machine is gone, use --take-over)" if remote
+                                     else "")) from None
                 self._take_over(holder, row)
-                return
+                return holder
         raise Refused(f"could not lock {vm_uuid}: the lock keeps changing hands")
+
+    def machine(self) -> str:
+        return self._me["machine"]
 
     def _take_over(self, stale: Holder, row: dict) -> None:
         with self.engine.begin() as conn:
