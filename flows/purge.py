@@ -34,6 +34,7 @@ def purge_flow(vm_uuid: str, options: dict) -> graph_flow.Flow:
         note = NoteSkippedGroups(vm_uuid, purge_id, sorted(skip))
         flow.add(note)
         flow.link(guard, note)
+        last_reversible.append(note)
     for step in SIDE_STEPS:
         if step.group not in skip:
             task = step(vm_uuid, purge_id)

@@ -158,43 +158,56 @@ class Purger:
             if fd.state == states.REVERTED:
                 outcomes.append(Outcome(vm_uuid, "nothing-to-do", "already rolled back"))
                 continue
-            engine = taskflow.engines.load_from_detail(fd, backend=self.journal.backend,
-                                                       **self._engine_options)
-            engine.compile()
-            engine.prepare()
-            self._refuse_past_no_return(engine, vm_uuid)
-            for atom in _atoms(engine):
-                engine.storage.set_atom_intention(atom.name, states.REVERT)
-            outcomes.append(self._run(engine, vm_uuid, purge_id, take_over))
+            # The lock first: a refused rollback must leave the journal as it was.
+            with self._vm_lock(vm_uuid, purge_id, take_over):
+                engine = taskflow.engines.load_from_detail(fd, backend=self.journal.backend,
+                                                           **self._engine_options)
+                engine.compile()
+                self._refuse_past_no_return(engine, fd, vm_uuid)
+                engine.prepare()
+                for atom in _atoms(engine):
+                    engine.storage.set_atom_intention(atom.name, states.REVERT)
+                outcomes.append(self._execute(engine, vm_uuid))
         return outcomes
 
     @staticmethod
-    def _refuse_past_no_return(engine, vm_uuid):
+    def _refuse_past_no_return(engine, flow_detail, vm_uuid):
+        """Refuse when an irreversible step after the point of no return has started."""
+        stored = {ad.name: ad.state for ad in flow_detail}
         for atom in _atoms(engine):
             if getattr(atom, "reversible", True) or isinstance(atom, PassPointOfNoReturn):
                 continue
-            if engine.storage.get_atom_state(atom.name) not in (states.PENDING, None):
+            if stored.get(atom.name) not in (states.PENDING, None):
                 raise Refused(f"{vm_uuid} is past its point of no return: {step_of(atom.name)} "
                               f"ran and cannot be undone")
 
-    def _run(self, engine, vm_uuid: str, purge_id: str, take_over=False) -> Outcome:
+    @contextlib.contextmanager
+    def _vm_lock(self, vm_uuid: str, purge_id: str, take_over=False):
+        """Hold the VM's lock (taking over a dead holder of this purge) while running it."""
         previous = self.journal.locks.acquire(vm_uuid, purge_id, take_over_remote=take_over)
         if previous is not None and previous.machine != self.journal.locks.machine():
             self.journal.ledger.bind(purge_id, vm_uuid).note(
                 f"TakeOverLock:{vm_uuid}", f"lock:{previous.acquired_at}", "taken-over",
                 {"from_machine": previous.machine, "from_pid": previous.pid})
         try:
-            with StepListener(engine, self.report), _suspend_on_signals(engine):
-                try:
-                    engine.run()
-                except Exception as error:  # the journal has the failure; report it
-                    LOG.debug("purge of %s stopped: %s", vm_uuid, error, exc_info=True)
-            state = engine.storage.get_flow_state()
-            failed = failed_step(engine.storage)
-            return Outcome(vm_uuid, _OUTCOME.get(state, state.lower()),
-                           failed[1] if failed else "", failed[0] if failed else None)
+            yield
         finally:
             self.journal.locks.release(vm_uuid)
+
+    def _run(self, engine, vm_uuid: str, purge_id: str, take_over=False) -> Outcome:
+        with self._vm_lock(vm_uuid, purge_id, take_over):
+            return self._execute(engine, vm_uuid)
+
+    def _execute(self, engine, vm_uuid: str) -> Outcome:
+        with StepListener(engine, self.report), _suspend_on_signals(engine):
+            try:
+                engine.run()
+            except Exception as error:  # the journal has the failure; report it
+                LOG.debug("purge of %s stopped: %s", vm_uuid, error, exc_info=True)
+        state = engine.storage.get_flow_state()
+        failed = failed_step(engine.storage)
+        return Outcome(vm_uuid, _OUTCOME.get(state, state.lower()),
+                       failed[1] if failed else "", failed[0] if failed else None)
 
     def close(self):
         self._executor.shutdown(wait=True)

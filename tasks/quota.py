@@ -5,7 +5,11 @@ to lower `in_use`. Nova counts quotas from rows since Pike, so a cloud without u
 project needs nothing here.
 """
 
+import logging
+
 from novapurge.tasks.base import PurgeTask
+
+LOG = logging.getLogger(__name__)
 
 RESOURCES = ("instances", "cores", "ram")
 
@@ -32,8 +36,8 @@ class ReleaseQuotaUsage(PurgeTask):
     Each row is set from its recorded value to that value minus the instance's share (never below
     zero), only where it still holds the recorded value, so a re-run changes nothing twice.
 
-    Reversion: each row gets its recorded `in_use` back (or the share added back, when something
-    else changed the row since).
+    Reversion: the instance's share is added back to each row, keeping what others changed since
+    (a row the crash left unreleased is left alone).
     """
 
     group = "quota"
@@ -74,15 +78,22 @@ class ReleaseQuotaUsage(PurgeTask):
             before = ledger.before(self.name, resource)
             if before is None:
                 continue
+            applied = ledger.applied(self.name, resource)
             with db.engine.begin() as conn:
                 for row in before.state["rows"]:
-                    target = max(0, row["in_use"] - deltas[row["resource"]])
+                    share = row["in_use"] - max(0, row["in_use"] - deltas[row["resource"]])
                     current = db.select(conn, "quota_usages", {"id": row["id"]})
-                    if not current or current[0]["in_use"] == row["in_use"]:
+                    if not current or not share:
                         continue
-                    restored = row["in_use"] if current[0]["in_use"] == target else \
-                        current[0]["in_use"] + (row["in_use"] - target)
-                    db.update(conn, "quota_usages", {"id": row["id"]}, {"in_use": restored})
+                    in_use = current[0]["in_use"]
+                    if not applied and in_use != row["in_use"] - share:
+                        # crashed between the ledger and the change: the row shows no release
+                        LOG.warning("%s: quota row %s holds %s, not the released %s; left as is",
+                                    self.name, row["id"], in_use, row["in_use"] - share)
+                        continue
+                    # give the share back, keeping what others changed since
+                    db.update(conn, "quota_usages", {"id": row["id"], "in_use": in_use},
+                              {"in_use": in_use + share})
             ledger.record_reverted(self.name, resource, before.state, target=db.label)
 
     def describe(self, facts) -> list:

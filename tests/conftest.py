@@ -6,7 +6,8 @@
   in task_state "deleting", one shelved_offloaded, healthy neighbours (active, stopped) in the same
   project, and one Nova already deleted. Seeding runs once per session and backend; each test gets
   a copy (file copy for SQLite, `SHOW CREATE TABLE` + `INSERT ... SELECT` for MariaDB).
-- `journal` / `journal_url`: an empty journal (SQLite file, or a fresh MariaDB database).
+- `journal` / `journal_url`: an empty journal: a SQLite file the first command creates, or a
+  MariaDB database copied from one whose (TaskFlow and ledger) tables were created once.
 - `cli(args, env=None, expect=None)`: `python -m novapurge ...` with NOVAPURGE_DB/API_DB/JOURNAL
   set, returning `CliResult(returncode, stdout, stderr, json)`.
 """
@@ -95,6 +96,29 @@ def normalize(snap: dict, replacements: dict) -> dict:
 def diff_tables(before: dict, after: dict) -> list:
     """Names of the tables whose rows differ between two snapshots of one database."""
     return sorted(t for t in set(before) | set(after) if before.get(t) != after.get(t))
+
+
+def snapshot_diff(actual: dict, expected: dict) -> dict:
+    """{"db.table": {"missing": rows, "unexpected": rows}} for every table that differs."""
+    found = {}
+    for db in sorted(set(actual) | set(expected)):
+        mine, theirs = actual.get(db, {}), expected.get(db, {})
+        for table in diff_tables(mine, theirs):
+            a, e = mine.get(table, []), theirs.get(table, [])
+            found[f"{db}.{table}"] = {"missing": [r for r in e if r not in a],
+                                      "unexpected": [r for r in a if r not in e]}
+    return found
+
+
+def assert_same(actual: dict, expected: dict, what: str = "snapshot") -> None:
+    """Snapshots equal, or a failure naming each differing table and its rows."""
+    if actual != expected:
+        diff = snapshot_diff(actual, expected)
+        lines = [f"{what} differs in {len(diff)} table(s):"]
+        for table, rows in diff.items():
+            lines.append(f"  {table}: missing {rows['missing']}\n"
+                         f"    unexpected {rows['unexpected']}")
+        pytest.fail("\n".join(lines), pytrace=False)
 
 
 def read_secret(nova) -> str:
@@ -255,6 +279,20 @@ class _Templates:
             api.dispose()
         return Cloud(backend, urls["cell"], urls["api"], tpl["info"], names)
 
+    def journal(self, backend: str, directory: Path) -> JournalDb:
+        """An empty journal; on MariaDB a copy of one whose tables were created once (TaskFlow's
+        migrations take a second there), on SQLite a file the first command creates."""
+        template = None
+        if backend == "mysql":
+            if "journal" not in self._built:
+                from novapurge.persistence.journal import Journal
+                name = f"np_t_{RUN_ID}_tpl_journal"
+                self._mysql_names.append(name)
+                Journal(novadb.mysql_database(SERVER, name), Actor("tests")).close()
+                self._built["journal"] = name
+            template = self._built["journal"]
+        return new_journal(backend, directory, template)
+
     def close(self):
         for name in self._mysql_names:
             novadb.drop_mysql_database(SERVER, name)
@@ -271,18 +309,32 @@ def _require_mysql():
         engine.dispose()
 
 
+_TEMPLATE_TABLES: dict = {}  # source database -> [(table, CREATE TABLE ..., has rows)]
+
+
 def _copy_mysql_database(source: str, name: str) -> str:
-    """Copy every table of `source` (DDL with its foreign keys, then rows) into a new `name`."""
+    """Copy every table of `source` (DDL with its foreign keys, then rows) into a new `name`.
+
+    A template never changes once built, so its DDL and which tables hold rows are read once.
+    """
     url = novadb.mysql_database(SERVER, name)
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:
+            if source not in _TEMPLATE_TABLES:
+                tables = [r[0] for r in conn.exec_driver_sql(f"SHOW TABLES FROM `{source}`")]
+                _TEMPLATE_TABLES[source] = [
+                    (table,
+                     conn.exec_driver_sql(f"SHOW CREATE TABLE `{source}`.`{table}`").one()[1],
+                     conn.exec_driver_sql(f"SELECT 1 FROM `{source}`.`{table}` LIMIT 1").first()
+                     is not None)
+                    for table in tables]
             conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
-            tables = [r[0] for r in conn.exec_driver_sql(f"SHOW TABLES FROM `{source}`")]
-            for table in tables:
-                ddl = conn.exec_driver_sql(f"SHOW CREATE TABLE `{source}`.`{table}`").one()[1]
+            for table, ddl, has_rows in _TEMPLATE_TABLES[source]:
                 conn.exec_driver_sql(ddl)
-                conn.exec_driver_sql(f"INSERT INTO `{table}` SELECT * FROM `{source}`.`{table}`")
+                if has_rows:
+                    conn.exec_driver_sql(
+                        f"INSERT INTO `{table}` SELECT * FROM `{source}`.`{table}`")
             conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=1")
     finally:
         engine.dispose()
@@ -317,13 +369,16 @@ class JournalDb:
         self.engine.dispose()
 
 
-def new_journal(backend: str, directory: Path) -> JournalDb:
+def new_journal(backend: str, directory: Path, template: str | None = None) -> JournalDb:
+    """An empty journal: a SQLite file not yet created, or a MariaDB database (a copy of
+    `template`, a journal whose tables exist, when given; else an empty database)."""
     if backend == "sqlite":
         directory.mkdir(parents=True, exist_ok=True)
         return JournalDb(f"sqlite:///{directory}/journal.sqlite")
     _require_mysql()
     name = f"np_t_{RUN_ID}_{next(_NUMBERS)}_journal"
-    return JournalDb(novadb.mysql_database(SERVER, name), name)
+    url = _copy_mysql_database(template, name) if template else novadb.mysql_database(SERVER, name)
+    return JournalDb(url, name)
 
 
 # ---- the CLI -----------------------------------------------------------------------------------
@@ -387,9 +442,9 @@ def nova(backend, templates, tmp_path):
 
 
 @pytest.fixture
-def journal(backend, tmp_path):
-    """An empty journal on `backend` (TaskFlow creates its tables on the first command)."""
-    db = new_journal(backend, tmp_path / "journal")
+def journal(backend, templates, tmp_path):
+    """An empty journal on `backend` (see `_Templates.journal`)."""
+    db = templates.journal(backend, tmp_path / "journal")
     yield db
     db.dispose()
     if db.mysql_name:
@@ -434,7 +489,7 @@ def reference_purge(templates, tmp_path_factory):
         if key not in cache:
             directory = tmp_path_factory.mktemp(f"reference-{backend}-{role}")
             cloud = templates.new_cloud(backend, directory / "nova")
-            journal = new_journal(backend, directory / "journal")
+            journal = templates.journal(backend, directory / "journal")
             made.append((cloud, journal))
             env = {"NOVAPURGE_DB": cloud.cell_url, "NOVAPURGE_API_DB": cloud.api_url,
                    "NOVAPURGE_JOURNAL": journal.url}
@@ -460,5 +515,6 @@ def helpers():
         SEED_NOW=SEED_NOW, PROJECT=PROJECT, USER=USER, INSTANCES=INSTANCES, STUCK=STUCK,
         HEALTHY=HEALTHY, STEPS=STEPS, MUTATING=MUTATING, SERVER=SERVER, is_fresh=is_fresh,
         as_datetime=as_datetime, normalize=normalize, diff_tables=diff_tables,
+        snapshot_diff=snapshot_diff, assert_same=assert_same,
         read_secret=read_secret, run_cli=run_cli, newest_purge=newest_purge,
         new_journal=new_journal, seed_cloud=seed_cloud)

@@ -1,4 +1,4 @@
-"""Crash tests: a purge process SIGKILLed at every step boundary and change point, resumed by another.
+"""Crash tests: a purge SIGKILLed at every step boundary and change point, resumed by another.
 
 `NOVAPURGE_FAULTS=kill@Step:point` makes the purge process kill itself there. The killed purge must
 show as INTERRUPTED, block a new purge of the same VM, and `resume` must finish it with both Nova
@@ -27,7 +27,7 @@ CASES = [pytest.param("sqlite", step, point, id=f"sqlite-{step}-{point}")
 
 
 def kill_purge(cli, nova, helpers, fault):
-    """Run `purge --yes` of the target with a kill fault; return its status as the journal has it."""
+    """`purge --yes` of the target with a kill fault; returns its status as the journal has it."""
     result = cli(["purge", "--yes", nova.uuids["target"], "-f", "json"],
                  env={"NOVAPURGE_FAULTS": fault})
     assert result.returncode == -9, \
@@ -36,7 +36,7 @@ def kill_purge(cli, nova, helpers, fault):
 
 
 def assert_ledger_complete(journal, purge_id, vm_uuid):
-    """Intact hash chain, one before-state per (step, resource), and the point of no return passed."""
+    """Intact hash chain, one before-state per (step, resource), point of no return passed."""
     assert journal.verify() == []
     rows = journal.ledger(purge_id)
     assert rows and {r["vm_uuid"] for r in rows} == {vm_uuid}
@@ -77,7 +77,7 @@ def test_killed_purge_resumes_to_the_uninterrupted_end_state(nova, cli, journal,
 
     resumed = cli(["resume", purge_id, "-f", "json"], expect=0)
     assert [(v["vm_uuid"], v["result"]) for v in resumed.json["vms"]] == [(vm, "succeeded")]
-    assert nova.normalized() == expected
+    helpers.assert_same(nova.normalized(), expected)
     assert_ledger_complete(journal, purge_id, vm)
 
 
@@ -88,13 +88,13 @@ def test_resume_twice_is_harmless(nova, cli, journal, helpers, reference_purge, 
     cli(["resume", purge_id], expect=0)
     after_first = nova.snap()
     ledger_first = journal.ledger(purge_id)
-    assert helpers.normalize(after_first, {nova.cell_url: "<cell-url>"}) == \
-        reference_purge(backend)
+    helpers.assert_same(helpers.normalize(after_first, {nova.cell_url: "<cell-url>"}),
+                        reference_purge(backend))
 
     again = cli(["resume", purge_id, "-f", "json"], expect=0)
     assert [(v["vm_uuid"], v["result"]) for v in again.json["vms"]] == \
         [(nova.uuids["target"], "nothing-to-do")]
-    assert nova.snap() == after_first
+    helpers.assert_same(nova.snap(), after_first)
     assert journal.ledger(purge_id) == ledger_first
     final = cli(["status", purge_id, "-f", "json"], expect=0).json
     assert final["state"] == "SUCCESS"
@@ -110,6 +110,6 @@ def test_resume_killed_again_then_resumed(nova, cli, journal, helpers, reference
     assert second.returncode == -9
     assert helpers.newest_purge(cli)["state"] == "INTERRUPTED"
     cli(["resume", purge_id], expect=0)
-    assert nova.normalized() == reference_purge(backend)
+    helpers.assert_same(nova.normalized(), reference_purge(backend))
     assert_ledger_complete(journal, purge_id, nova.uuids["target"])
     assert journal.logbooks() == [purge_id]

@@ -1,4 +1,4 @@
-"""After `purge --yes`, the instance is gone from Nova's databases the way Nova's own delete leaves it.
+"""After `purge --yes` the instance is gone from Nova's databases the way Nova's delete leaves it.
 
 Checked on SQLite and MariaDB for each stuck instance of the seeded cloud: no live row anywhere
 references it (except what Nova itself keeps), the soft-deleted rows carry exactly the values of
@@ -43,7 +43,7 @@ def purged(templates, tmp_path_factory, helpers):
         if (backend, role) not in cache:
             directory = tmp_path_factory.mktemp(f"purged-{backend}-{role}")
             cloud = templates.new_cloud(backend, directory / "nova")
-            journal = helpers.new_journal(backend, directory / "journal")
+            journal = templates.journal(backend, directory / "journal")
             done = types.SimpleNamespace(cloud=cloud, journal=journal, uuid=cloud.uuids[role],
                                          role=role)
             cache[(backend, role)] = done

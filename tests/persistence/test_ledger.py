@@ -105,14 +105,18 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(engine):
     try:
         with engine.begin() as conn:
             conn.execute(sa.insert(schema.locks).values(
-                vm_uuid=VM, purge_id="other", machine=locks._me["machine"], pid=sleeper.pid,
+                vm_uuid=VM, purge_id="mine", machine=locks._me["machine"], pid=sleeper.pid,
                 pid_started=process_started(sleeper.pid), acquired_at="now"))
-        with pytest.raises(Refused, match="other"):
+        with pytest.raises(Refused, match="running"):
             locks.acquire(VM, "mine")
+        with pytest.raises(Refused, match="resume or roll it back"):
+            locks.acquire(VM, "another-purge")
     finally:
         sleeper.kill()
         sleeper.wait()
-    locks.acquire(VM, "mine")  # the holder is dead: its lock is stale
+    with pytest.raises(Refused, match="interrupted"):
+        locks.acquire(VM, "another-purge")  # a dead holder of another purge still blocks
+    locks.acquire(VM, "mine")  # the holder of this purge is dead: resume takes its lock
     assert locks.holder(VM).purge_id == "mine" and locks.holder(VM).pid == os.getpid()
     locks.release(VM)
     assert locks.holder(VM) is None
