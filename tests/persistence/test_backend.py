@@ -50,7 +50,8 @@ def mysql_database():
             conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
     except sa.exc.OperationalError as err:
         admin.dispose()
-        pytest.skip(f"no MariaDB server at {server.host}:{server.port}: {err.orig}")
+        pytest.fail(f"no MariaDB server at {server.host}:{server.port} (`make test` starts it): "
+                    f"{err.orig}")
     try:
         yield server.set(database=name).render_as_string(hide_password=False)
     finally:
