@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from novapurge import config, errors, faults, output, validate
+from novapurge import config, errors, faults, output
 from novapurge.drivers.novadb import NovaDatabases
 from novapurge.errors import BadInput, NovapurgeError
 from novapurge.persistence.ledger import Actor

@@ -51,5 +51,3 @@ def skip_groups(values) -> list:
                        "mapping would then be wrong; skip quota and mapping too")
     return groups
 
-
-STEP_GROUPS = _GROUPS

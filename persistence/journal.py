@@ -9,9 +9,8 @@ import sqlalchemy as sa
 from taskflow import exceptions as tf_exc
 
 from novapurge import validate
-from novapurge.drivers.novadb import make_engine
 from novapurge.errors import BadInput
-from novapurge.persistence.backend import open_backend
+from novapurge.persistence.backend import engine_of, open_backend
 from novapurge.persistence.ledger import Ledger
 from novapurge.persistence.locks import VmLocks
 
@@ -38,7 +37,7 @@ class Journal:
         except OSError as error:
             raise BadInput(f"cannot create the journal file: {error.strerror}") from None
         self.backend = open_backend(url)
-        self.engine = make_engine(url)
+        self.engine = engine_of(self.backend)  # one pool, one set of connection settings
         self.ledger = Ledger(self.engine, actor)
         self.locks = VmLocks(self.engine)
 
@@ -68,5 +67,4 @@ class Journal:
             conn.save_logbook(book)
 
     def close(self) -> None:
-        self.backend.close()
-        self.engine.dispose()
+        self.backend.close()  # disposes the shared engine
