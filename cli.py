@@ -1,5 +1,6 @@
 """The `novapurge` command line: plan, purge, resume, rollback, status, audit, demo."""
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -38,6 +39,15 @@ def common_options(command):
         click.option("--journal", "journal_url", envvar="NOVAPURGE_JOURNAL", metavar="URL",
                      help="Journal database: sqlite:///FILE or mysql+pymysql://... "
                           "[env NOVAPURGE_JOURNAL; default a SQLite file in the state dir]."),
+        click.option("--os-cloud", envvar="OS_CLOUD", metavar="CLOUD",
+                     help="clouds.yaml entry for the OpenStack APIs (placement, Neutron, Cinder, "
+                          "Glance, Nova) [env OS_CLOUD; config [cloud] name]."),
+        click.option("--sandbox", type=click.Path(file_okay=False), envvar="NOVAPURGE_SANDBOX",
+                     help="Use the simulated hosts and cloud of a sandbox dir (`novapurge demo "
+                          "--dir`) instead of SSH and clouds.yaml [env NOVAPURGE_SANDBOX]."),
+        click.option("--ssh-accept-new", is_flag=True, envvar="NOVAPURGE_SSH_ACCEPT_NEW",
+                     help="Trust a compute host's SSH key on first use (saved to known_hosts and "
+                          "recorded in the ledger); a changed key is always refused."),
         click.option("--operator", envvar="NOVAPURGE_OPERATOR",
                      help="Who is acting, for the audit trail [default: the OS user]."),
         click.option("--ticket", envvar="NOVAPURGE_TICKET",
@@ -48,8 +58,8 @@ def common_options(command):
         command = option(command)
 
     @functools.wraps(command)
-    def wrapper(fmt, config_path, nova_conf, cell_url, api_url, journal_url, operator, ticket,
-                verbose, **kwargs):
+    def wrapper(fmt, config_path, nova_conf, cell_url, api_url, journal_url, os_cloud, sandbox,
+                ssh_accept_new, operator, ticket, verbose, **kwargs):
         logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         as_json, app = fmt == "json", None
@@ -60,8 +70,8 @@ def common_options(command):
                 raise BadInput(str(error)) from None
             settings = config.load(config=config_path, nova_conf=nova_conf, cell_url=cell_url,
                                    api_url=api_url, journal_url=journal_url, operator=operator,
-                                   ticket=ticket)
-            app = App(settings, as_json)
+                                   ticket=ticket, os_cloud=os_cloud, sandbox=sandbox)
+            app = App(settings, as_json, ssh_accept_new)
             return command(app, **kwargs)
         except NovapurgeError as error:
             output.fail(str(error), error.exit_code, as_json)
@@ -78,14 +88,23 @@ def common_options(command):
 class App:
     """Settings plus the journal and databases, opened on first use."""
 
-    def __init__(self, settings, as_json):
+    def __init__(self, settings, as_json, ssh_accept_new=False):
         self.settings, self.as_json = settings, as_json
+        self.ssh_accept_new = ssh_accept_new
         self._journal = self._purger = None
+
+    @property
+    def has_purger(self) -> bool:
+        return self._purger is not None
 
     def close(self):
         if self._purger is not None:
             self._purger.close()
             self._purger.novadb.dispose()
+            for driver in (self._purger.drivers.hosts, self._purger.drivers.cloud,
+                           self._purger.drivers.consoles):
+                if driver is not None:
+                    driver.close()
         if self._journal is not None:
             self._journal.close()
 
@@ -100,11 +119,23 @@ class App:
     @property
     def purger(self):
         if self._purger is None:
+            from novapurge.drivers import setup
             from novapurge.flows.run import Purger
             novadb = NovaDatabases(self.settings.cell_url, self.settings.api_url,
                                    self.settings.cell_overrides)
-            self._purger = Purger(self.journal, novadb,
-                                  report=output.step_reporter(not self.as_json))
+            new_keys = []
+            hosts = setup.host_pool(self.settings, lambda *key: new_keys.append(key),
+                                    self.ssh_accept_new)
+            if hosts is not None and self.settings.ssh.get("max_channels"):
+                # --host-limit (or [ssh] max_channels) for the sandbox's hosts too; runners
+                # are made on first use, so every one gets it
+                hosts.options = dataclasses.replace(
+                    hosts.options, max_channels=int(self.settings.ssh["max_channels"]))
+            self._purger = Purger(
+                self.journal, novadb, report=output.step_reporter(not self.as_json),
+                hosts=hosts,
+                cloud=setup.cloud_api(self.settings), consoles=setup.console_store(self.settings),
+                instances_path=self.settings.instances_path, new_host_keys=new_keys)
         return self._purger
 
 
@@ -123,9 +154,15 @@ def main():
 
 skip_option = click.option(
     "--skip", multiple=True, metavar="GROUP[,GROUP]",
-    help="Leave a step group out (recorded in the ledger): db, quota, mapping, placement. "
-         "(host, console, volumes, ports, images: accepted, their steps arrive later.) "
-         "Skipping db requires skipping quota and mapping.")
+    help="Leave a step group out (recorded in the ledger): db, quota, mapping, placement, "
+         "host (a host that does not answer: its cleanup is recorded as deferred), console, "
+         "volumes, ports, images. Skipping db requires skipping quota and mapping.")
+delete_volumes_option = click.option(
+    "--delete-volumes", type=click.Choice(["dot", "all", "none"]), default="dot",
+    show_default=True,
+    help="After the point of no return: delete the volumes whose BDM says "
+         "delete_on_termination (dot, as Nova does), all attached volumes, or none (all are "
+         "detached either way).")
 force_option = click.option("--force", is_flag=True,
                             help="Purge even an instance that looks healthy.")
 
@@ -134,29 +171,58 @@ force_option = click.option("--force", is_flag=True,
 @click.argument("vm_uuids", nargs=-1, metavar="UUID...")
 @force_option
 @skip_option
+@delete_volumes_option
 @click.option("--graph", type=click.Path(dir_okay=False, writable=True), metavar="FILE.dot",
               help="Write the step graph (Graphviz DOT) of the first instance to FILE.")
 @common_options
-def plan(app, vm_uuids, force, skip, graph):
-    """Show what a purge would change, step by step, without changing anything."""
+def plan(app, vm_uuids, force, skip, delete_volumes, graph):
+    """Show what a purge would change, step by step, without changing anything.
+
+    Lists each step's SQL, host commands and API calls; reads the hosts and APIs but changes
+    nothing.
+    """
     from novapurge.commands import show_plan
-    show_plan(app, vm_uuids, force, skip, graph)
+    show_plan(app, vm_uuids, force, skip, graph, delete_volumes)
+
+
+parallel_option = click.option(
+    "--parallel", type=click.IntRange(1, 512), default=None, metavar="N",
+    help="VMs worked on at once, each by its own engine, so one VM's failure never touches "
+         "another [default: 8].")
+host_limit_option = click.option(
+    "--host-limit", type=click.IntRange(1, 256), default=None, metavar="N",
+    help="Commands in flight at once on one compute host, over its one SSH connection "
+         "[default: [ssh] max_channels, 8].")
 
 
 @main.command()
 @click.argument("vm_uuids", nargs=-1, metavar="UUID...")
+@click.option("--from-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+              help="Also purge the instance UUIDs listed in FILE (one per line, # comments; "
+                   "- reads standard input).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @force_option
 @skip_option
+@delete_volumes_option
+@click.option("--hold", is_flag=True,
+              help="Stop at the point of no return (SUSPENDED): check the result of the "
+                   "reversible steps, then `resume` to finalize or `rollback` to undo them.")
+@parallel_option
+@host_limit_option
 @common_options
-def purge(app, vm_uuids, yes, force, skip):
+def purge(app, vm_uuids, from_file, yes, force, skip, delete_volumes, hold, parallel,
+          host_limit):
     """Purge instances: discover, guard, reversible steps, point of no return.
 
-    Without --yes the plan is shown and confirmation asked (refused when not on a terminal).
-    Prints the purge id that `status`, `resume`, `rollback` and `audit export` take.
+    Without --yes the plan is shown (for one instance) and confirmation asked (refused when not
+    on a terminal). Prints the purge id that `status`, `resume`, `rollback` and `audit export`
+    take. Many instances run as a batch: each one's failure reverts or suspends that instance
+    only, an instance a guard refuses is reported and the others go on; a summary table (or
+    `-f json`) ends it.
     """
     from novapurge.commands import run_purge
-    run_purge(app, vm_uuids, yes, force, skip)
+    run_purge(app, vm_uuids, yes, force, skip, delete_volumes, from_file, parallel, host_limit,
+              hold)
 
 
 take_over_option = click.option(
@@ -168,30 +234,35 @@ take_over_option = click.option(
 @main.command()
 @click.argument("purge_id")
 @take_over_option
+@parallel_option
+@host_limit_option
 @common_options
-def resume(app, purge_id, take_over):
+def resume(app, purge_id, take_over, parallel, host_limit):
     """Continue an interrupted or suspended purge from its last journaled step.
 
     Steps already done keep their results (facts are not re-discovered); the step that was
     running when the purge stopped runs again and finds its first before-state in the ledger.
+    Each VM of a batch resumes on its own; VMs the batch never started are started.
     """
     from novapurge.commands import run_resume
-    run_resume(app, purge_id, take_over)
+    run_resume(app, purge_id, take_over, parallel, host_limit)
 
 
 @main.command()
 @click.argument("purge_id")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @take_over_option
+@parallel_option
+@host_limit_option
 @common_options
-def rollback(app, purge_id, yes, take_over):
+def rollback(app, purge_id, yes, take_over, parallel, host_limit):
     """Undo a purge: every recorded change is restored to the state it was found in.
 
     Works on finished, interrupted and suspended purges; refused once an irreversible step
-    after the point of no return has run.
+    after the point of no return has run (per VM, in a batch).
     """
     from novapurge.commands import run_rollback
-    run_rollback(app, purge_id, yes, take_over)
+    run_rollback(app, purge_id, yes, take_over, parallel, host_limit)
 
 
 @main.command("config")

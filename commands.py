@@ -6,20 +6,26 @@ import sys
 import click
 import networkx as nx
 
-from novapurge import output, validate
-from novapurge.errors import (BadInput, LedgerAltered, PurgeReverted, PurgeSuspended, Refused,
-                              RevertFailed)
+from novapurge import output, progress, validate
+from novapurge.errors import (BadInput, LedgerAltered, NovapurgeError, PurgeReverted,
+                              PurgeSuspended, Refused, RevertFailed)
+from novapurge.flows.batch import summarize
 from novapurge.flows.purge import step_graph
-from novapurge.flows.run import validate_vms
+from novapurge.flows.run import validate_vms, vm_of_detail
 from novapurge.persistence import audit
 
 _RESULT_ERRORS = {"reverted": PurgeReverted, "suspended": PurgeSuspended,
-                  "revert-failed": RevertFailed, "interrupted": PurgeSuspended}
+                  "revert-failed": RevertFailed, "interrupted": PurgeSuspended,
+                  "not-started": PurgeSuspended, "refused": Refused, "error": NovapurgeError}
+# The worst result decides the exit code: the first of these found (not the expected one).
+_SEVERITY = ("revert-failed", "error", "suspended", "interrupted", "not-started", "reverted",
+             "refused")
+ALL_ROWS_UP_TO = 20  # a larger batch's table lists only the VMs that did not end as expected
 
 
-def show_plan(app, vm_uuids, force, skip, graph_path):
+def show_plan(app, vm_uuids, force, skip, graph_path, delete_volumes="dot"):
     vms, skip = validate_vms(vm_uuids), validate.skip_groups(skip)
-    plans = app.purger.plan(vms, force, skip)
+    plans = app.purger.plan(vms, force, skip, delete_volumes)
     if graph_path and plans and plans[0].get("flow") is not None:
         nx.nx_pydot.write_dot(step_graph(plans[0]["flow"]), graph_path)
     if app.as_json:
@@ -48,13 +54,16 @@ def _reversibility(step) -> str:
 
 
 def _summary(changes) -> str:
-    """One line per table a step touches: `[where] table: action × rows`."""
+    """One line per table a step touches (`[where] table: action × rows`) or command it runs."""
     lines = {}
     for change in changes:
-        if change["rows"]:
+        if "command" in change:
+            lines[f"[{change['target']}] {change['command']}"] = None
+        elif change["rows"]:
             key = f"[{change['target']}] {change['table']}: {change['action']}"
             lines[key] = lines.get(key, 0) + change["rows"]
-    return "\n".join(f"{key} × {rows}" for key, rows in lines.items()) or "-"
+    return "\n".join(key if rows is None else f"{key} × {rows}"
+                     for key, rows in lines.items()) or "-"
 
 
 def _confirm(app, question: str, yes: bool):
@@ -67,46 +76,114 @@ def _confirm(app, question: str, yes: bool):
 
 
 def _finish(app, purge_id, outcomes, verb, expected="succeeded"):
-    """Print the outcomes; exit with the code of the worst unexpected one."""
-    data = {"purge_id": purge_id, "vms": [o.__dict__ for o in outcomes]}
+    """Print the outcomes (a summary table, or JSON); exit with the code of the worst one."""
+    counts = summarize(outcomes)
+    data = {"purge_id": purge_id, "summary": counts, "vms": [o.as_dict() for o in outcomes],
+            "hosts": _host_stats(app)}
     if app.as_json:
         output.emit_json(data)
     else:
-        output.out_console.print(output.table(
-            f"{verb} {purge_id}" if purge_id else f"{verb}: nothing to do",
-            ("vm", "result", "failed step", "message"),
-            [(o.vm_uuid, o.result, o.failed_step, o.message) for o in outcomes]))
-    worst = next((r for r in ("revert-failed", "suspended", "interrupted", "reverted")
+        tally = ", ".join(f"{n} {result}" for result, n in counts.items())
+        title = (f"{verb} {purge_id}" if purge_id else f"{verb}: nothing to do") + \
+            (f": {len(outcomes)} VMs, {tally}" if len(outcomes) > 1 else "")
+        shown = outcomes if len(outcomes) <= ALL_ROWS_UP_TO else \
+            [o for o in outcomes if o.result not in (expected, "nothing-to-do")]
+        if shown or len(outcomes) <= ALL_ROWS_UP_TO:
+            output.out_console.print(output.table(
+                title, ("vm", "result", "failed step", "message"),
+                [(o.vm_uuid, o.result, o.failed_step, o.message) for o in shown]))
+        else:
+            output.out_console.print(title)
+    worst = next((r for r in _SEVERITY
                   if r != expected and any(o.result == r for o in outcomes)), None)
     if worst:
         error = _RESULT_ERRORS[worst]
         if app.as_json:
             sys.exit(error.exit_code)
-        raise error(f"purge {purge_id}: {worst} (see `novapurge status {purge_id}`)")
+        raise error(f"purge {purge_id}: {counts[worst]} VM(s) {worst}"
+                    + (f" (see `novapurge status {purge_id}`)" if purge_id else ""))
 
 
-def run_purge(app, vm_uuids, yes, force, skip):
-    vms, skip = validate_vms(vm_uuids), validate.skip_groups(skip)
+def _host_stats(app) -> dict:
+    """Per compute host used: SSH connections opened and the most commands in flight at once."""
+    hosts = app.purger.drivers.hosts if app.has_purger else None
+    if hosts is None:
+        return {}
+    return {name: {"connections": opened, "peak_channels": hosts.runner(name).peak_channels}
+            for name, opened in sorted(hosts.connections_opened().items())}
+
+
+def read_vm_file(path) -> list:
+    """Instance UUIDs from a file (`-`: standard input): one per line, `#` starts a comment."""
+    if path is None:
+        return []
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as error:
+        raise BadInput(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path} is not a text file of instance UUIDs") from None
+    return [word for line in text.splitlines()
+            for word in line.split("#", 1)[0].split()]
+
+
+def _batch_options(app, host_limit) -> None:
+    """`--host-limit`: the commands in flight per compute host (its runner's channels)."""
+    if host_limit is not None:
+        if host_limit < 1:
+            raise BadInput("--host-limit must be at least 1")
+        app.settings.ssh = dict(app.settings.ssh, max_channels=host_limit)
+
+
+def run_purge(app, vm_uuids, yes, force, skip, delete_volumes="dot", from_file=None,
+              parallel=None, host_limit=None, hold=False):
+    vms = validate_vms(list(vm_uuids) + read_vm_file(from_file))
+    skip = validate.skip_groups(skip)
+    _batch_options(app, host_limit)
     if not yes:
-        show_plan(app, vms, force, skip, None)
+        if len(vms) == 1:
+            show_plan(app, vms, force, skip, None, delete_volumes)
+        elif not app.as_json:
+            output.err_console.print(f"{len(vms)} instances; `novapurge plan UUID...` shows the "
+                                     f"steps of each")
         _confirm(app, f"Purge {len(vms)} instance(s)?", yes)
     started = (lambda pid: output.err_console.print(f"purge id: [bold]{pid}[/]", markup=True)) \
         if not app.as_json else None
-    purge_id, outcomes = app.purger.purge(vms, force, skip, on_start=started)
+    purge_id, outcomes = app.purger.purge(
+        vms, force, skip, on_start=started, delete_volumes=delete_volumes, hold=hold,
+        **_pool(parallel, progress.for_batch("Purging", len(vms), not app.as_json)))
     _finish(app, purge_id, outcomes, "Purge")
 
 
-def run_resume(app, purge_id, take_over=False):
-    purge_id = validate.purge_id(purge_id)
-    _finish(app, purge_id, app.purger.resume(purge_id, take_over), "Resume")
+def _pool(parallel, shown) -> dict:
+    return {"progress": shown, **({"parallel": parallel} if parallel is not None else {})}
 
 
-def run_rollback(app, purge_id, yes, take_over=False):
+def _book_size(app, purge_id) -> int:
+    book = app.journal.book(purge_id)
+    return len({*((book.meta or {}).get("vms") or []), *(vm_of_detail(fd) for fd in book)})
+
+
+def run_resume(app, purge_id, take_over=False, parallel=None, host_limit=None):
     purge_id = validate.purge_id(purge_id)
-    app.journal.book(purge_id)  # unknown ids fail before any question
+    _batch_options(app, host_limit)
+    shown = progress.for_batch("Resuming", _book_size(app, purge_id), not app.as_json)
+    _finish(app, purge_id, app.purger.resume(purge_id, take_over, **_pool(parallel, shown)),
+            "Resume")
+
+
+def run_rollback(app, purge_id, yes, take_over=False, parallel=None, host_limit=None):
+    purge_id = validate.purge_id(purge_id)
+    _batch_options(app, host_limit)
+    size = _book_size(app, purge_id)  # unknown ids fail before any question
     _confirm(app, f"Roll back every change of purge {purge_id}?", yes)
-    _finish(app, purge_id, app.purger.rollback(purge_id, take_over), "Rollback",
-            expected="reverted")
+    shown = progress.for_batch("Rolling back", size, not app.as_json)
+    _finish(app, purge_id, app.purger.rollback(purge_id, take_over, **_pool(parallel, shown)),
+            "Rollback", expected="reverted")
 
 
 def show_config(app):

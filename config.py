@@ -35,6 +35,11 @@ class Settings:
     ticket: str | None = None
     memcached_servers: list = dataclasses.field(default_factory=list)
     instances_path: str = "/var/lib/nova/instances"
+    hosts: dict = dataclasses.field(default_factory=dict)   # name -> {address, port, user, ...}
+    ssh: dict = dataclasses.field(default_factory=dict)     # drivers.ssh.SshOptions fields
+    os_cloud: str | None = None        # clouds.yaml entry (OS_CLOUD)
+    service_cloud: str | None = None   # clouds.yaml entry of Nova's service user (service token)
+    sandbox: str | None = None         # a sandbox dir: simulated hosts and cloud (demo, tests)
     sources: list = dataclasses.field(default_factory=list)
 
     def describe(self) -> dict:
@@ -44,7 +49,9 @@ class Settings:
                 "cell_overrides": {k: safe_url(v) for k, v in self.cell_overrides.items()},
                 "journal_url": safe_url(self.journal_url), "operator": self.operator,
                 "ticket": self.ticket, "memcached_servers": self.memcached_servers,
-                "instances_path": self.instances_path, "sources": self.sources}
+                "instances_path": self.instances_path, "hosts": self.hosts, "ssh": self.ssh,
+                "os_cloud": self.os_cloud, "service_cloud": self.service_cloud,
+                "sandbox": self.sandbox, "sources": self.sources}
 
 
 def read_nova_conf(path) -> dict:
@@ -83,7 +90,12 @@ def read_toml(path) -> dict:
              "operator": data.get("audit", {}).get("operator"),
              "ticket": data.get("audit", {}).get("ticket"),
              "memcached_servers": data.get("memcache", {}).get("servers"),
-             "instances_path": data.get("hosts", {}).get("instances_path")}
+             "instances_path": data.get("hosts", {}).get("instances_path"),
+             "hosts": {k: v for k, v in data.get("hosts", {}).items() if isinstance(v, dict)},
+             "ssh": data.get("ssh"),
+             "os_cloud": data.get("cloud", {}).get("name"),
+             "service_cloud": data.get("cloud", {}).get("service"),
+             "sandbox": data.get("sandbox", {}).get("dir")}
     return {k: v for k, v in found.items() if v}
 
 

@@ -1,8 +1,8 @@
 """The drivers and ledger of this process, where flow factories find them.
 
 The journal keeps only JSON (flow factory arguments, facts, results); live resources such as
-database engines belong to the process running the flow, which installs them here before it
-builds or resumes any flow.
+database engines, SSH transports and API sessions belong to the process running the flow, which
+installs them here before it builds or resumes any flow.
 """
 
 import dataclasses
@@ -17,6 +17,10 @@ _current = None
 class PurgeContext:
     novadb: NovaDatabases
     ledger: Ledger
+    hosts: object = None          # drivers.ssh.HostPool, or the sandbox's simulated hosts
+    cloud: object = None          # drivers.cloud.CloudApi, or sandbox.cloud.SandboxCloud
+    consoles: object = None       # drivers.memcache.ConsoleTokenStore (legacy consoleauth)
+    instances_path: str = "/var/lib/nova/instances"
 
 
 def install(context: PurgeContext) -> PurgeContext:

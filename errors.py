@@ -43,6 +43,12 @@ class LedgerAltered(NovapurgeError):
     exit_code = 7
 
 
+class HostUnreachable(NovapurgeError):
+    """A compute host does not answer over SSH, or its host key is not trusted."""
+
+    exit_code = 8
+
+
 EXIT_CODES = {
     0: "success, or nothing to do",
     1: "unexpected error (a bug: please report it with the log)",
@@ -52,4 +58,6 @@ EXIT_CODES = {
     PurgeSuspended.exit_code: "suspended or interrupted: run `novapurge resume`",
     RevertFailed.exit_code: "a revert failed: see `novapurge status` and the audit trail",
     LedgerAltered.exit_code: "`audit verify`: the ledger was altered",
+    HostUnreachable.exit_code: "a compute host does not answer (or its key is unknown): nothing "
+                               "was changed; `--skip host` defers its cleanup",
 }

@@ -7,6 +7,8 @@ from taskflow.types import notifier
 from novapurge import faults
 from novapurge.flows.naming import step_of, vm_of
 
+HOLD_STEP = "PassPointOfNoReturn"  # where `purge --hold` suspends the purge
+
 
 class StepListener(base.Listener):
     """Tells `report(vm_uuid, step, state)` of every step transition; fires boundary faults.
@@ -25,6 +27,8 @@ class StepListener(base.Listener):
         if self._report is not None:
             self._report(vm_of(name), step_of(name), state)
         if state == states.RUNNING:
-            faults.hit(step_of(name), "start")
+            faults.hit(step_of(name), "start", vm_of(name))
         elif state == states.SUCCESS:
-            faults.hit(step_of(name), "end")
+            faults.hit(step_of(name), "end", vm_of(name))
+            if step_of(name) == HOLD_STEP and (details.get("result") or {}).get("hold"):
+                self._engine.suspend()  # `purge --hold`: stop before anything irreversible

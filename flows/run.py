@@ -1,64 +1,73 @@
 """Running purge flows with TaskFlow engines: start, resume, roll back, and read their status.
 
 One LogBook per `purge` invocation (its uuid is the purge id), one FlowDetail per VM, created from
-the `purge_flow` factory so that `resume` rebuilds the same flow from the journal alone.
+the `purge_flow` factory so that `resume` rebuilds the same flow from the journal alone. The VMs
+of a purge run through a bounded pool (flows.batch), one engine each.
 """
 
 import contextlib
-from concurrent import futures
-import dataclasses
 import datetime
+import json
 import logging
-import signal
+import threading
 
 import taskflow.engines
+from oslo_utils import uuidutils
 from taskflow import atom as tf_atom
 from taskflow import states
+from taskflow.engines import helpers as engine_helpers
 from taskflow.persistence import models
 
 from novapurge import context, validate
+from novapurge.drivers.libvirt import Libvirt
 from novapurge.errors import BadInput, Refused
+from novapurge.flows.batch import DEFAULT_PARALLEL, Batch, Outcome
+from novapurge.flows.finalize import suspend_failed_finalize
 from novapurge.flows.listeners import StepListener
 from novapurge.flows.naming import step_of
-from novapurge.flows.purge import purge_flow, steps_in_order
+from novapurge.flows.purge import DELETE_VOLUMES, flow_shape, purge_flow, steps_in_order
 from novapurge.tasks.discovery import discover_facts
 from novapurge.tasks.guards import check_guards
+from novapurge.tasks.hypervisor import check_domain
 from novapurge.tasks.markers import PassPointOfNoReturn
 
 LOG = logging.getLogger(__name__)
-STEP_THREADS = 4  # steps of one VM that may run at once (the flow is a graph)
 _OUTCOME = {states.SUCCESS: "succeeded", states.REVERTED: "reverted",
             states.SUSPENDED: "suspended", states.FAILURE: "revert-failed"}
-
-
-@dataclasses.dataclass
-class Outcome:
-    vm_uuid: str
-    result: str          # succeeded | reverted | suspended | revert-failed | nothing-to-do
-    message: str = ""
-    failed_step: str | None = None
+# Outcomes of VMs that never got a flow, as `status` shows them; resume retries only errors.
+_NOT_RUN = {"refused": "REFUSED", "nothing-to-do": "SKIPPED", "error": "NOT STARTED"}
 
 
 def vm_of_detail(flow_detail) -> str:
     return flow_detail.name.split(":", 1)[1]
 
 
-class Purger:
-    """The purge operations on one journal and one set of Nova databases."""
+# Step groups that need the cloud API, and what in the facts makes them needed.
+_API_GROUPS = {"volumes": lambda f: f["volumes"], "ports": lambda f: f["ports"],
+               "images": lambda f: f["shelved_image"]}
 
-    def __init__(self, journal, novadb, report=None):
+
+class Purger:
+    """The purge operations on one journal, one set of Nova databases and the other drivers."""
+
+    def __init__(self, journal, novadb, report=None, *, hosts=None, cloud=None, consoles=None,
+                 instances_path="/var/lib/nova/instances", new_host_keys=None):
         self.journal = journal
         self.novadb = novadb
         self.report = report
-        # One pool for every engine of this process: an engine that owns its pool pays a
-        # worker-shutdown wait (about a second) at its end.
-        self._executor = futures.ThreadPoolExecutor(STEP_THREADS, thread_name_prefix="step")
-        self._engine_options = {"engine": "parallel", "executor": self._executor}
-        context.install(context.PurgeContext(novadb=novadb, ledger=journal.ledger))
+        # (host, key type, fingerprint) the SSH driver trusted on first use, to be recorded
+        self.new_host_keys = new_host_keys if new_host_keys is not None else []
+        self.drivers = context.install(context.PurgeContext(
+            novadb=novadb, ledger=journal.ledger, hosts=hosts, cloud=cloud, consoles=consoles,
+            instances_path=instances_path))
 
     # -- read-only ---------------------------------------------------------------------------
-    def preflight(self, vm_uuid: str, force: bool) -> dict | None:
-        """The facts of a VM fit to purge; None when a purge already completed it."""
+    def preflight(self, vm_uuid: str, force: bool, skip=()) -> dict | None:
+        """The facts of a VM fit to purge; None when a purge already completed it.
+
+        Everything a guard can refuse is checked here, before anything is journaled: the
+        instance's health, a running purge, the domain on its host, the drivers it needs.
+        """
         holder = self.journal.locks.holder(vm_uuid)
         if holder is not None:
             state = "running" if holder.alive else "interrupted"
@@ -68,9 +77,33 @@ class Purger:
         done = self.purged_by(vm_uuid)
         if done:
             return None
-        facts = discover_facts(self.novadb, vm_uuid)
+        facts = discover_facts(self.drivers, vm_uuid)
         check_guards(facts, force)
+        self._check_drivers(facts, skip)
+        if facts["host"] is not None and "host" not in skip:
+            check_domain(Libvirt(self.drivers.hosts.runner(facts["host"]["name"])), facts)
         return facts
+
+    def _check_drivers(self, facts, skip) -> None:
+        """Refuse (nothing changed) when a step the instance needs has no driver configured."""
+        if self.drivers.cloud is None:
+            needed = [g for g, need in _API_GROUPS.items() if g not in skip and need(facts)]
+            if needed:
+                raise BadInput(f"{facts['vm_uuid']} has {', '.join(needed)} to clean up through "
+                               f"the OpenStack APIs, and no cloud is configured: give --os-cloud "
+                               f"(clouds.yaml) or --skip {','.join(needed)}")
+        if facts["host"] is not None and "host" not in skip and self.drivers.hosts is None:
+            raise BadInput(f"{facts['vm_uuid']} is on host {facts['host']['name']} and no host "
+                           f"access is configured: give [hosts] settings or --skip host")
+
+    def options(self, purge_id, facts, force, skip, delete_volumes="dot", hold=False) -> dict:
+        """The JSON arguments of one VM's flow factory (journaled; resume rebuilds from them)."""
+        if delete_volumes not in DELETE_VOLUMES:
+            raise BadInput(f"--delete-volumes must be one of {', '.join(DELETE_VOLUMES)}")
+        return {"purge_id": purge_id, "force": bool(force), "skip": list(skip),
+                "hold": bool(hold), "shape": flow_shape(facts, consoles=self.drivers.consoles is not None,
+                                    cloud=self.drivers.cloud is not None,
+                                    delete_volumes=delete_volumes)}
 
     def purged_by(self, vm_uuid: str) -> str | None:
         """The purge that completed `vm_uuid` (and was not rolled back since), if any."""
@@ -81,94 +114,148 @@ class Purger:
                     return purge_id
         return None
 
-    def plan(self, vm_uuids, force=False, skip=()):
+    def plan(self, vm_uuids, force=False, skip=(), delete_volumes="dot"):
         """Per VM: the steps the purge would run and what each would change."""
         plans = []
         for vm_uuid in vm_uuids:
-            facts = self.preflight(vm_uuid, force)
+            facts = self.preflight(vm_uuid, force, skip)
             if facts is None:
                 plans.append({"vm_uuid": vm_uuid, "already_purged_by": self.purged_by(vm_uuid),
                               "steps": []})
                 continue
-            flow = purge_flow(vm_uuid, {"purge_id": "plan", "force": force, "skip": list(skip)})
+            flow = purge_flow(vm_uuid, self.options("plan", facts, force, skip, delete_volumes))
             plans.append({"vm_uuid": vm_uuid, "facts": facts, "flow": flow,
                           "steps": describe_steps(flow, facts)})
         return plans
 
     # -- changing ----------------------------------------------------------------------------
-    def purge(self, vm_uuids, force=False, skip=(), on_start=None):
-        """Start a purge of `vm_uuids` (already validated); returns (purge_id, outcomes)."""
-        todo, outcomes = [], []
-        for vm_uuid in vm_uuids:
-            if self.preflight(vm_uuid, force) is None:
-                outcomes.append(Outcome(vm_uuid, "nothing-to-do",
-                                        f"already purged by {self.purged_by(vm_uuid)}"))
-            else:
-                todo.append(vm_uuid)
-        if not todo:
-            return None, outcomes
+    def purge(self, vm_uuids, force=False, skip=(), on_start=None, delete_volumes="dot", *,
+              parallel=DEFAULT_PARALLEL, progress=None, hold=False):
+        """Purge `vm_uuids` (already validated); returns (purge_id, outcomes).
+
+        Each VM is checked (preflight) and run by its own engine, at most `parallel` at once. A
+        VM its guards refuse is reported `refused` and the others go on; with a single VM the
+        refusal is raised, as before anything was journaled. The purge's logbook is journaled
+        when its first VM is about to run (purge_id is None when none did).
+        """
+        if delete_volumes not in DELETE_VOLUMES:
+            raise BadInput(f"--delete-volumes must be one of {', '.join(DELETE_VOLUMES)}")
         book = models.LogBook("novapurge")
         book.meta = {"operator": self.journal.ledger.actor.operator,
                      "ticket": self.journal.ledger.actor.ticket, "vms": list(vm_uuids),
-                     "force": force, "skip": list(skip),
-                     "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-        self.journal.save(book)
-        if on_start:
-            on_start(book.uuid)
-        options = {"purge_id": book.uuid, "force": bool(force), "skip": list(skip)}
-        # Every VM's flow detail is journaled before the first runs, so `resume` after a crash
-        # finds them all.
-        engines = [(vm_uuid, taskflow.engines.load_from_factory(
-            purge_flow, factory_args=[vm_uuid], factory_kwargs={"options": options},
-            book=book, backend=self.journal.backend, **self._engine_options))
-            for vm_uuid in todo]
-        for vm_uuid, engine in engines:
-            outcomes.append(self._run(engine, vm_uuid, book.uuid))
-        return book.uuid, outcomes
+                     "force": force, "skip": list(skip), "delete_volumes": delete_volumes,
+                     "hold": bool(hold), "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        opened = _OpenedBook(self.journal, book, on_start)
+        outcomes = Batch(parallel, progress, self.report).run(
+            vm_uuids, lambda vm_uuid, batch: self._start(vm_uuid, opened, batch))
+        if opened.saved:
+            self._note_not_run(book, outcomes)
+        return (book.uuid if opened.saved else None), outcomes
 
-    def _details(self, purge_id: str) -> list:
-        """The flow details of a purge, once the databases its facts name are reachable."""
-        details = list(self.journal.book(purge_id))
-        for fd in details:
-            facts = next((ad.results for ad in fd if ad.name.startswith("DiscoverInstance:")
-                          and isinstance(ad.results, dict)), None)
+    def _start(self, vm_uuid: str, opened: "_OpenedBook", batch: Batch) -> Outcome:
+        """Check one VM, journal its flow detail in the purge, run it."""
+        meta = opened.book.meta
+        force, skip = meta.get("force", False), meta.get("skip") or []
+        facts = self.preflight(vm_uuid, force, skip)
+        if facts is None:
+            return Outcome(vm_uuid, "nothing-to-do",
+                           f"already purged by {self.purged_by(vm_uuid)}")
+        if batch.stopping:
+            return batch.not_started(vm_uuid)
+        options = self.options(opened.book.uuid, facts, force, skip,
+                               meta.get("delete_volumes", "dot"), meta.get("hold", False))
+        flow_detail = models.FlowDetail(f"purge:{vm_uuid}", uuidutils.generate_uuid())
+        engine_helpers.save_factory_details(flow_detail, purge_flow, [vm_uuid],
+                                            {"options": options})
+        opened.add(flow_detail)
+        self._record_host_keys(opened.book.uuid, {vm_uuid: facts})
+        return self._run(flow_detail, vm_uuid, opened.book.uuid, batch)
+
+    def _note_not_run(self, book, outcomes) -> None:
+        """Keep in the purge which VMs never got a flow, and why (`status` and `resume` show it)."""
+        not_run = {o.vm_uuid: {"result": o.result, "reason": o.message} for o in outcomes
+                   if o.result in _NOT_RUN}
+        if not_run:
+            book.meta = dict(book.meta, not_run=not_run)
+            self.journal.save(book)
+
+    def _record_host_keys(self, purge_id: str, facts_by_vm: dict) -> None:
+        """Put host keys trusted on first use (`--ssh-accept-new`) in the ledger of their VMs."""
+        for host, key_type, fingerprint in list(self.new_host_keys):
+            for vm_uuid, facts in facts_by_vm.items():
+                if (facts.get("host") or {}).get("name") == host:
+                    self.journal.ledger.bind(purge_id, vm_uuid).note(
+                        f"AcceptHostKey:{vm_uuid}", f"hostkey:{host}", "trusted-on-first-use",
+                        {"key_type": key_type, "fingerprint": fingerprint}, target=f"host:{host}")
+
+    def _book(self, purge_id: str):
+        """The logbook of a purge, once the databases its VMs' facts name are reachable."""
+        book = self.journal.book(purge_id)
+        for fd in book:
+            facts = _facts_of(fd)
             if facts and (facts.get("cell") or facts.get("api_db")) and self.novadb.api is None:
                 raise BadInput(f"{vm_of_detail(fd)} was found through an API database: give "
                                f"--api-db (or --nova-conf) to resume or roll back purge {purge_id}")
-        return details
+        return book
 
-    def resume(self, purge_id: str, take_over=False):
-        """Continue every unfinished VM of a purge from where the journal says it stopped."""
-        outcomes = []
-        for fd in self._details(purge_id):
-            vm_uuid = vm_of_detail(fd)
+    @staticmethod
+    def _vms_of(book) -> tuple[list, dict]:
+        """(every VM of a purge in the order given, {vm: flow detail} of those that started)."""
+        details = {vm_of_detail(fd): fd for fd in book}
+        vms = list(dict.fromkeys([*((book.meta or {}).get("vms") or []), *details]))
+        return vms, details
+
+    def resume(self, purge_id: str, take_over=False, *, parallel=DEFAULT_PARALLEL, progress=None):
+        """Continue every unfinished VM of a purge from where the journal says it stopped.
+
+        VMs the purge never started (it was stopped or killed first) are started now; those a
+        guard refused when it started are reported, not retried.
+        """
+        book = self._book(purge_id)
+        vms, details = self._vms_of(book)
+        not_run = (book.meta or {}).get("not_run") or {}
+        opened = _OpenedBook(self.journal, book, saved=True)
+
+        def resume_one(vm_uuid, batch):
+            fd = details.get(vm_uuid)
+            if fd is None:
+                earlier = not_run.get(vm_uuid)
+                if earlier is not None and earlier["result"] != "error":
+                    return Outcome(vm_uuid, "nothing-to-do", f"{earlier['result']} when the purge "
+                                   f"started: {earlier['reason']}")
+                return self._start(vm_uuid, opened, batch)
             if fd.state in (states.SUCCESS, states.REVERTED):
-                outcomes.append(Outcome(vm_uuid, "nothing-to-do", f"already {fd.state}"))
-                continue
-            engine = taskflow.engines.load_from_detail(fd, backend=self.journal.backend,
-                                                       **self._engine_options)
-            outcomes.append(self._run(engine, vm_uuid, purge_id, take_over))
-        return outcomes
+                return Outcome(vm_uuid, "nothing-to-do", f"already {fd.state}")
+            outcome = self._run(fd, vm_uuid, purge_id, batch, take_over)
+            self._record_host_keys(purge_id, {vm_uuid: _facts_of(fd) or {}})
+            return outcome
 
-    def rollback(self, purge_id: str, take_over=False):
+        return Batch(parallel, progress, self.report).run(vms, resume_one)
+
+    def rollback(self, purge_id: str, take_over=False, *, parallel=DEFAULT_PARALLEL,
+                 progress=None):
         """Revert every VM of a purge to the state it was found in (refused past no return)."""
-        outcomes = []
-        for fd in self._details(purge_id):
-            vm_uuid = vm_of_detail(fd)
+        book = self._book(purge_id)
+        vms, details = self._vms_of(book)
+
+        def rollback_one(vm_uuid, batch):
+            fd = details.get(vm_uuid)
+            if fd is None:
+                return Outcome(vm_uuid, "nothing-to-do", "never started: nothing to roll back")
             if fd.state == states.REVERTED:
-                outcomes.append(Outcome(vm_uuid, "nothing-to-do", "already rolled back"))
-                continue
+                return Outcome(vm_uuid, "nothing-to-do", "already rolled back")
             # The lock first: a refused rollback must leave the journal as it was.
             with self._vm_lock(vm_uuid, purge_id, take_over):
                 engine = taskflow.engines.load_from_detail(fd, backend=self.journal.backend,
-                                                           **self._engine_options)
+                                                           **batch.engine_options)
                 engine.compile()
                 self._refuse_past_no_return(engine, fd, vm_uuid)
                 engine.prepare()
                 for atom in _atoms(engine):
                     engine.storage.set_atom_intention(atom.name, states.REVERT)
-                outcomes.append(self._execute(engine, vm_uuid))
-        return outcomes
+                return self._execute(engine, vm_uuid, batch)
+
+        return Batch(parallel, progress, self.report).run(vms, rollback_one)
 
     @staticmethod
     def _refuse_past_no_return(engine, flow_detail, vm_uuid):
@@ -194,23 +281,25 @@ class Purger:
         finally:
             self.journal.locks.release(vm_uuid)
 
-    def _run(self, engine, vm_uuid: str, purge_id: str, take_over=False) -> Outcome:
+    def _run(self, flow_detail, vm_uuid: str, purge_id: str, batch: Batch,
+             take_over=False) -> Outcome:
         with self._vm_lock(vm_uuid, purge_id, take_over):
-            return self._execute(engine, vm_uuid)
+            engine = taskflow.engines.load_from_detail(flow_detail, backend=self.journal.backend,
+                                                       **batch.engine_options)
+            return self._execute(engine, vm_uuid, batch)
 
-    def _execute(self, engine, vm_uuid: str) -> Outcome:
-        with StepListener(engine, self.report), _suspend_on_signals(engine):
+    def _execute(self, engine, vm_uuid: str, batch: Batch) -> Outcome:
+        with StepListener(engine, batch.report), batch.running(vm_uuid, engine) as go:
+            if not go:
+                return batch.not_started(vm_uuid)
             try:
                 engine.run()
             except Exception as error:  # the journal has the failure; report it
                 LOG.debug("purge of %s stopped: %s", vm_uuid, error, exc_info=True)
-        state = engine.storage.get_flow_state()
-        failed = failed_step(engine.storage)
-        return Outcome(vm_uuid, _OUTCOME.get(state, state.lower()),
-                       failed[1] if failed else "", failed[0] if failed else None)
+        return engine_outcome(engine, vm_uuid)
 
     def close(self):
-        self._executor.shutdown(wait=True)
+        """Nothing to release: each batch owns (and shuts down) its step threads."""
 
     # -- status ------------------------------------------------------------------------------
     def status(self, purge_id=None) -> list:
@@ -219,6 +308,18 @@ class Purger:
 
     def _book_status(self, book) -> dict:
         vms = []
+        started = {vm_of_detail(fd) for fd in book}
+        not_run = (book.meta or {}).get("not_run") or {}
+        for vm_uuid in (book.meta or {}).get("vms") or []:
+            if vm_uuid in started:
+                continue
+            earlier = not_run.get(vm_uuid)
+            vms.append({"vm_uuid": vm_uuid,
+                        "state": "NOT STARTED" if earlier is None else _NOT_RUN[earlier["result"]],
+                        "steps_done": 0, "steps": 0, "failed_step": None,
+                        "reason": None if earlier is None else earlier["reason"],
+                        "skipped_groups": book.meta.get("skip", []), "deferred": [],
+                        "runner": None})
         for fd in book:
             vm_uuid = vm_of_detail(fd)
             holder = self.journal.locks.holder(vm_uuid)
@@ -228,18 +329,35 @@ class Purger:
             failure = next(((step_of(a.name), f.exception_str.splitlines()[0][:300])
                             for a in atoms for f in (a.revert_failure, a.failure)
                             if f is not None), None)
+            parked = (fd.meta or {}).get("suspended") if fd.state == states.SUSPENDED else None
+            if parked:
+                failure = (parked["step"], parked["reason"])
             vms.append({"vm_uuid": vm_uuid, "state": state,
                         "steps_done": sum(a.state == states.SUCCESS for a in atoms),
                         "steps": len(atoms),
                         "failed_step": failure[0] if failure else None,
                         "reason": failure[1] if failure else None,
                         "skipped_groups": book.meta.get("skip", []),
+                        "deferred": self._deferred(book.uuid, vm_uuid),
                         "runner": None if holder is None else
                         {"machine": holder.machine, "pid": holder.pid}})
         overall = sorted({vm["state"] for vm in vms}) or ["EMPTY"]
         return {"purge_id": book.uuid, "state": overall[0] if len(overall) == 1 else "MIXED",
                 "operator": book.meta.get("operator"), "ticket": book.meta.get("ticket"),
                 "started_at": book.meta.get("started_at"), "vms": vms}
+
+
+    def _deferred(self, purge_id, vm_uuid) -> list:
+        """What the operator deferred (`--skip host`): the host cleanup left to do by hand."""
+        return [{"resource": r["resource"], "detail": json.loads(r["after"] or "null")}
+                for r in self.journal.ledger.rows(purge_id, vm_uuid)
+                if r["phase"] == "note" and r["outcome"] == "deferred"]
+
+
+def _facts_of(flow_detail) -> dict | None:
+    """The facts a VM's DiscoverInstance journaled, if it ran."""
+    return next((ad.results for ad in flow_detail if ad.name.startswith("DiscoverInstance:")
+                 and isinstance(ad.results, dict)), None)
 
 
 def _atoms(engine) -> list:
@@ -276,22 +394,34 @@ def describe_steps(flow, facts) -> list:
     return rows
 
 
-@contextlib.contextmanager
-def _suspend_on_signals(engine):
-    """SIGTERM/SIGINT stop the engine after the steps under way (the purge ends SUSPENDED)."""
-    def handler(signum, _frame):
-        LOG.warning("signal %s: suspending after the current step", signum)
-        engine.suspend()
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+def engine_outcome(engine, vm_uuid: str) -> Outcome:
+    """How a VM's engine ended; a finalize step that gave up suspends the purge (DESIGN §1)."""
+    suspended = suspend_failed_finalize(engine)
+    if suspended:
+        return Outcome(vm_uuid, "suspended", suspended["reason"], suspended["step"])
+    state = engine.storage.get_flow_state()
+    failed = failed_step(engine.storage)
+    return Outcome(vm_uuid, _OUTCOME.get(state, state.lower()),
+                   failed[1] if failed else "", failed[0] if failed else None)
+
+
+class _OpenedBook:
+    """A purge's logbook, journaled when its first VM is about to run (so a purge whose VMs are
+    all refused journals nothing); each VM's flow detail is added on its own."""
+
+    def __init__(self, journal, book, on_start=None, saved=False):
+        self.journal, self.book, self._on_start = journal, book, on_start
+        self.saved = saved
+        self._lock = threading.Lock()
+
+    def add(self, flow_detail) -> None:
+        with self._lock:
+            if not self.saved:
+                self.journal.save(self.book)
+                self.saved = True
+                if self._on_start:
+                    self._on_start(self.book.uuid)
+        self.journal.add_flow(self.book.uuid, flow_detail)
 
 
 def validate_vms(values) -> list:

@@ -163,6 +163,19 @@ class JournalConnection(impl_sqlalchemy.Connection):
                                     f" uuid '{atom_detail.uuid}'")
         return atom_detail
 
+    def add_flow_details(self, book_uuid: str, flow_detail) -> None:
+        """Add one flow detail (and its atoms) to a saved logbook, without reading the others.
+
+        `save_logbook` reads and merges every flow detail of the book (and their atoms) first: for
+        a batch that adds its VMs one by one that is quadratic.
+        """
+        try:
+            with self._write() as conn:
+                self._insert_flow_details(conn, flow_detail, book_uuid)
+        except sa_exc.SQLAlchemyError:
+            tf_exc.raise_with_cause(tf_exc.StorageFailure, "Failed adding flow details with"
+                                    f" uuid '{flow_detail.uuid}'")
+
     def update_flow_details(self, flow_detail):
         """Persist a flow detail and its atoms, in one transaction.
 

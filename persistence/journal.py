@@ -66,5 +66,15 @@ class Journal:
         with self.connection() as conn:
             conn.save_logbook(book)
 
+    def add_flow(self, purge_id: str, flow_detail) -> None:
+        """Journal one more VM's flow detail in a saved purge (cost independent of its size)."""
+        with self.connection() as conn:
+            conn.add_flow_details(purge_id, flow_detail)
+
+    def flow(self, flow_uuid: str):
+        """One flow detail with its atoms, without loading the rest of its purge."""
+        with self.connection() as conn:
+            return conn.get_flow_details(flow_uuid)
+
     def close(self) -> None:
         self.backend.close()  # disposes the shared engine

@@ -1,9 +1,13 @@
 """`novapurge demo`: a sandbox cloud, purged end to end, with nothing to install or reach.
 
 The sandbox is two SQLite Nova databases (cell and API) built from the real Nova 34 DDL and seeded
-with stuck instances and healthy neighbours; the journal is a SQLite file beside them.
+with stuck instances and healthy neighbours, simulated compute hosts (domains, VIF devices, OVS
+ports, iSCSI nodes, instance dirs) and a simulated cloud API (ports, volumes, images,
+allocations) to match; the journal is a SQLite file beside them.
 """
 
+import json
+import pathlib
 import tempfile
 
 from novapurge import config, output
@@ -23,6 +27,27 @@ def neighbour_rows(engines, uuids) -> dict:
     return found
 
 
+def _mentioning(tree: dict, marks: set) -> dict:
+    """Of each section of a state tree, the entries whose key or value mentions a mark."""
+    return {section: {key: value for key, value in entries.items()
+                      if any(m in key or m in json.dumps(value, default=str) for m in marks)}
+            for section, entries in tree.items() if isinstance(entries, dict)}
+
+
+def neighbour_estate(directory, infos) -> dict:
+    """What the simulated hosts and cloud hold for the instances `infos`."""
+    from novapurge.sandbox.cloud import SandboxCloud
+    from novapurge.sandbox.hosts import SimHosts
+    marks = ({i["uuid"] for i in infos} | {p[:11] for i in infos for p in i["ports"]}
+             | set().union(*(i["volumes"] for i in infos)))
+    hosts = SimHosts(pathlib.Path(directory) / "hosts")
+    state = {name: _mentioning(hosts.host(name).snapshot(), marks)
+             for name in sorted({i["host"] for i in infos if i["host"]})}
+    state["cloud"] = _mentioning(SandboxCloud(pathlib.Path(directory) / "cloud.json").snapshot(),
+                                 marks)
+    return state
+
+
 def run_demo(app, directory):
     directory = directory or tempfile.mkdtemp(prefix="novapurge-demo-")
     say = (lambda text: None) if app.as_json else \
@@ -30,11 +55,13 @@ def run_demo(app, directory):
     say(f"[bold]Building a sandbox cloud[/] in {directory} (SQLite cell + API DBs, Nova 34 schema)")
     cloud = build_sandbox(directory)
     app.settings.cell_url, app.settings.api_url = cloud["cell_url"], cloud["api_url"]
+    app.settings.sandbox = directory
     if app.settings.journal_url == config.default_journal_url():
         app.settings.journal_url = f"sqlite:///{directory}/journal.sqlite"
     engines = {"cell": app.purger.novadb.cell(None).engine, "api": app.purger.novadb.api.engine}
     healthy, stuck = cloud["healthy"], cloud["stuck"]
-    before = neighbour_rows(engines, set(healthy))
+    neighbours = [cloud["instances"][uuid] for uuid in healthy]
+    before = neighbour_rows(engines, set(healthy)), neighbour_estate(directory, neighbours)
     for uuid in stuck:
         info = cloud["instances"][uuid]
         say(f"  stuck   {uuid}  {info['name']:<14} vm_state={info['vm_state']} "
@@ -74,10 +101,11 @@ def run_demo(app, directory):
             [(r["ts"][11:23], r["atom"].split(":")[0], r["resource"], r["phase"], r["outcome"],
               r["operator"]) for r in rows[:12]]))
 
-    untouched = neighbour_rows(engines, set(healthy)) == before
+    untouched = (neighbour_rows(engines, set(healthy)),
+                 neighbour_estate(directory, neighbours)) == before
     say(f"\n[bold]6. neighbours[/]: {len(healthy)} healthy instances "
-        + ("[green]untouched[/] (every row that mentions them is byte-identical)" if untouched
-           else "[red]CHANGED[/]"))
+        + ("[green]untouched[/] (every row that mentions them, their domains, devices, ports, "
+           "volumes and allocations are identical)" if untouched else "[red]CHANGED[/]"))
     summary = {"directory": directory, "purge_id": purge_id,
                "results": {o.vm_uuid: o.result for o in outcomes}, "refused_healthy": refused,
                "ledger_entries": len(rows), "ledger_intact": not problems,

@@ -386,7 +386,8 @@ def object_list(name: str) -> dict:
 
 
 def build_sandbox(directory: str | Path) -> dict:
-    """The demo's cloud: SQLite cell and API DBs with stuck instances and healthy neighbours."""
+    """The demo's cloud: SQLite cell and API DBs with stuck instances and healthy neighbours,
+    and the simulated compute hosts and OpenStack APIs that hold their other traces."""
     from novapurge.sandbox.seed import NovaSeeder
 
     directory = Path(directory)
@@ -397,6 +398,10 @@ def build_sandbox(directory: str | Path) -> dict:
         for stale in (path, Path(f"{path}-journal"), Path(f"{path}-wal"), Path(f"{path}-shm")):
             stale.unlink(missing_ok=True)
         urls[key] = f"sqlite:///{path.resolve()}"
+    for stale in (directory / "cloud.json", directory / "cloud.json.lock"):
+        stale.unlink(missing_ok=True)
+    for stale in (directory / "hosts").glob("*.json*"):   # the simulated hosts' state files
+        stale.unlink()
     cell_engine = sa.create_engine(urls["cell_url"])
     api_engine = sa.create_engine(urls["api_url"])
     try:
@@ -424,6 +429,8 @@ def build_sandbox(directory: str | Path) -> dict:
                                 host="compute-2", vifs=("linuxbridge",), legacy_quota=True),
             seeder.add_instance(name="web-stopped", vm_state="stopped", project_id=alpha),
         ]
+        from novapurge.sandbox.estate import populate_estate
+        populate_estate(directory, cell_engine, api_engine, stuck + healthy)
     finally:
         cell_engine.dispose()
         api_engine.dispose()

@@ -3,7 +3,7 @@
 from taskflow import task
 
 from novapurge import context, faults, keys
-from novapurge.flows.naming import atom_name
+from novapurge.flows.naming import atom_name, vm_of
 
 
 class PurgeTask(task.Task):
@@ -33,4 +33,30 @@ class PurgeTask(task.Task):
         return context.current().ledger.bind(purge_id, vm_uuid)
 
     def fault(self, point: str) -> None:
-        faults.hit(self.step(), point)
+        faults.hit(self.step(), point, vm_of(self.name))
+
+
+class HostTask(PurgeTask):
+    """A step on the instance's compute host, through the process's one runner for that host."""
+
+    group = "host"
+
+    def runner(self, facts):
+        return self.drivers.hosts.runner(facts["host"]["name"])
+
+    @staticmethod
+    def target(facts) -> str:
+        return f"host:{facts['host']['name']}"
+
+
+class FinalizeTask(PurgeTask):
+    """A step after the point of no return on one API resource: idempotent and irreversible.
+
+    A failure here never reverts the reversible phase: the purge is suspended (flows.run).
+    """
+
+    reversible = False
+
+    def __init__(self, vm_uuid, purge_id, resource_id, **kwargs):
+        super().__init__(vm_uuid, purge_id, detail=resource_id,
+                         inject={"resource_id": resource_id}, **kwargs)

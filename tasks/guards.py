@@ -7,11 +7,18 @@ from novapurge.tasks.base import PurgeTask
 HEALTHY_STATES = ("active", "stopped")
 
 
+def unreachable_by_nova(facts: dict) -> bool:
+    """Nova's API cannot see the instance: no instance mapping, or the API answered 404."""
+    api = facts.get("api") or {}
+    return bool((facts.get("api_db") and facts.get("mapping") is None)
+                or (api and not api.get("error") and api.get("server") is None))
+
+
 def check_guards(facts: dict, force: bool) -> None:
     """Raise Refused when the instance looks healthy and `force` is not given."""
     instance = facts["instance"]
     healthy = (instance.get("vm_state") in HEALTHY_STATES and not instance.get("task_state")
-               and not facts.get("faults"))
+               and not facts.get("faults") and not unreachable_by_nova(facts))
     if healthy and not force:
         raise Refused(f"instance {facts['vm_uuid']} looks healthy (vm_state "
                       f"{instance.get('vm_state')}, no task_state, no fault): use `nova delete`, "

@@ -33,6 +33,9 @@ import sqlalchemy as sa
 
 from novapurge.persistence.ledger import Actor, Ledger
 from novapurge.sandbox import novadb
+from novapurge.sandbox.cloud import SandboxCloud
+from novapurge.sandbox.estate import populate_estate
+from novapurge.sandbox.hosts import SimHosts
 from novapurge.sandbox.seed import DEFAULT_PROJECT, DEFAULT_USER, NovaSeeder
 
 SERVER = "mysql+pymysql://root@127.0.0.1:3306"
@@ -56,11 +59,17 @@ INSTANCES = {
 STUCK = ("target", "deleting", "shelved")
 HEALTHY = ("active", "stopped")
 
-# The purge flow's steps, in flow order, and those that change Nova's databases.
-STEPS = ("DiscoverInstance", "GuardInstance", "DeleteDbAllocations", "SoftDeleteInstance",
-         "ReleaseQuotaUsage", "QueueMappingForDelete", "PassPointOfNoReturn")
-MUTATING = ("DeleteDbAllocations", "SoftDeleteInstance", "ReleaseQuotaUsage",
-            "QueueMappingForDelete")
+# The target's purge steps, in flow order (sandbox hosts and cloud), and those that change
+# something before the point of no return (each records a before-state and reverts it).
+STEPS = ("DiscoverInstance", "GuardInstance", "VerifyDomainIdentity", "DeleteDbAllocations",
+         "DeleteAllocations", "DestroyDomain", "UnplugVif", "DisconnectIscsiTarget",
+         "QuarantineInstanceDirs", "UndefineDomain", "SoftDeleteInstance", "ReleaseQuotaUsage",
+         "QueueMappingForDelete", "PassPointOfNoReturn", "DetachVolume", "DeletePort",
+         "EmptyQuarantine")
+MUTATING = ("DeleteDbAllocations", "DeleteAllocations", "DestroyDomain", "UnplugVif",
+            "DisconnectIscsiTarget", "QuarantineInstanceDirs", "UndefineDomain",
+            "SoftDeleteInstance", "ReleaseQuotaUsage", "QueueMappingForDelete")
+FINALIZE = ("DetachVolume", "DeletePort", "EmptyQuarantine")
 
 _DATETIME_TEXT = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?$")
 
@@ -152,6 +161,7 @@ class Cloud:
     api_url: str | None
     info: dict                  # role -> add_instance facts
     mysql_names: list = dataclasses.field(default_factory=list)
+    sandbox: Path | None = None  # simulated hosts and cloud matching the seeded instances
 
     def __post_init__(self):
         self.cell = _engine(self.cell_url)
@@ -163,11 +173,28 @@ class Cloud:
         return {"cell": self.cell, **({"api": self.api} if self.api is not None else {})}
 
     def snap(self) -> dict:
-        """Every row of both databases, raw values (`novadb.snapshot`), keyed "cell"/"api"."""
-        return {label: novadb.snapshot(engine) for label, engine in self.engines.items()}
+        """Every row of both databases, raw values (`novadb.snapshot`), keyed "cell"/"api", and
+        the simulated hosts and cloud (`estate`)."""
+        return {**{label: novadb.snapshot(engine) for label, engine in self.engines.items()},
+                "estate": self.estate()}
+
+    def env(self, journal_url: str) -> dict:
+        """The NOVAPURGE_* variables of a CLI run on this cloud (its DBs, hosts, APIs)."""
+        return {"NOVAPURGE_DB": self.cell_url, "NOVAPURGE_API_DB": self.api_url,
+                "NOVAPURGE_JOURNAL": journal_url, "NOVAPURGE_SANDBOX": str(self.sandbox)}
+
+    def estate(self) -> dict:
+        """The simulated hosts' and cloud's state, as one pseudo-database of JSON rows."""
+        hosts = SimHosts(self.sandbox / "hosts")
+        names = sorted(p.stem for p in (self.sandbox / "hosts").glob("*.json"))
+        rows = {f"host:{n}": [(json.dumps(hosts.host(n).snapshot(), sort_keys=True),)]
+                for n in names}
+        rows["cloud"] = [(json.dumps(SandboxCloud(self.sandbox / "cloud.json").snapshot(),
+                                     sort_keys=True),)]
+        return rows
 
     def normalized(self) -> dict:
-        """`snap()` comparable across copies: purge timestamps and this copy's URL replaced."""
+        """`snap()` and the estate, comparable across copies (purge timestamps, URL replaced)."""
         return normalize(self.snap(), {self.cell_url: "<cell-url>"})
 
     def rows(self, db: str, table: str, **where) -> list:
@@ -232,26 +259,27 @@ class _Templates:
     def _build_sqlite(self) -> dict:
         directory = self._factory.mktemp("nova-template")
         urls = {w: f"sqlite:///{directory}/{w}.sqlite" for w in ("cell", "api")}
-        return {"dir": directory, **self._seed(urls)}
+        return {"dir": directory, **self._seed(urls, directory / "sandbox")}
 
     def _build_mysql(self) -> dict:
         _require_mysql()
         names = {w: f"np_t_{RUN_ID}_tpl_{w}" for w in ("cell", "api")}
         self._mysql_names += names.values()
         urls = {w: novadb.mysql_database(SERVER, n) for w, n in names.items()}
-        return {"names": names, **self._seed(urls)}
+        return {"names": names, **self._seed(urls, self._factory.mktemp("sandbox-template"))}
 
     @staticmethod
-    def _seed(urls: dict) -> dict:
+    def _seed(urls: dict, sandbox: Path) -> dict:
         cell, api = _engine(urls["cell"]), _engine(urls["api"])
         try:
             novadb.create_schema(cell, "main")
             novadb.create_schema(api, "api")
             info = seed_cloud(cell, api, urls["cell"])
+            populate_estate(sandbox, cell, api, info.values())
         finally:
             cell.dispose()
             api.dispose()
-        return {"urls": urls, "info": info}
+        return {"urls": urls, "info": info, "sandbox": sandbox}
 
     def new_cloud(self, backend: str, directory: Path) -> Cloud:
         """A fresh copy of the seeded cloud (its cell mapping pointing at the copy)."""
@@ -277,7 +305,9 @@ class _Templates:
                              {"url": urls["cell"], "old": tpl["urls"]["cell"]})
         finally:
             api.dispose()
-        return Cloud(backend, urls["cell"], urls["api"], tpl["info"], names)
+        sandbox = directory.parent / f"{directory.name}-sandbox"
+        shutil.copytree(tpl["sandbox"], sandbox)
+        return Cloud(backend, urls["cell"], urls["api"], tpl["info"], names, sandbox)
 
     def journal(self, backend: str, directory: Path) -> JournalDb:
         """An empty journal; on MariaDB a copy of one whose tables were created once (TaskFlow's
@@ -461,8 +491,7 @@ def cli_env(nova, journal_url, tmp_path):
     """NOVAPURGE_* for the CLI: this test's cloud and journal, and an empty config file."""
     config = tmp_path / "novapurge.toml"
     config.write_text("")
-    return {"NOVAPURGE_DB": nova.cell_url, "NOVAPURGE_API_DB": nova.api_url,
-            "NOVAPURGE_JOURNAL": journal_url, "NOVAPURGE_CONFIG": str(config)}
+    return {**nova.env(journal_url), "NOVAPURGE_CONFIG": str(config)}
 
 
 @pytest.fixture
@@ -491,8 +520,7 @@ def reference_purge(templates, tmp_path_factory):
             cloud = templates.new_cloud(backend, directory / "nova")
             journal = templates.journal(backend, directory / "journal")
             made.append((cloud, journal))
-            env = {"NOVAPURGE_DB": cloud.cell_url, "NOVAPURGE_API_DB": cloud.api_url,
-                   "NOVAPURGE_JOURNAL": journal.url}
+            env = cloud.env(journal.url)
             result = run_cli(["purge", "--yes", cloud.uuids[role], "-f", "json"], env, expect=0,
                              cwd=directory)
             assert [vm["result"] for vm in result.json["vms"]] == ["succeeded"]
@@ -513,7 +541,7 @@ def helpers():
     under --import-mode=importlib)."""
     return types.SimpleNamespace(
         SEED_NOW=SEED_NOW, PROJECT=PROJECT, USER=USER, INSTANCES=INSTANCES, STUCK=STUCK,
-        HEALTHY=HEALTHY, STEPS=STEPS, MUTATING=MUTATING, SERVER=SERVER, is_fresh=is_fresh,
+        HEALTHY=HEALTHY, STEPS=STEPS, MUTATING=MUTATING, FINALIZE=FINALIZE, SERVER=SERVER, is_fresh=is_fresh,
         as_datetime=as_datetime, normalize=normalize, diff_tables=diff_tables,
         snapshot_diff=snapshot_diff, assert_same=assert_same,
         read_secret=read_secret, run_cli=run_cli, newest_purge=newest_purge,

@@ -55,8 +55,7 @@ def audited(templates, tmp_path_factory, helpers):
         done = types.SimpleNamespace(nova=nova, journal=journal, outputs=[], exports={},
                                      secret=helpers.read_secret(nova))
         cache[backend] = done
-        env = {"NOVAPURGE_DB": nova.cell_url, "NOVAPURGE_API_DB": nova.api_url,
-               "NOVAPURGE_JOURNAL": journal.url}
+        env = nova.env(journal.url)
 
         def cli(args, expect=0):
             result = helpers.run_cli(args, env, expect, cwd=directory)
@@ -66,8 +65,8 @@ def audited(templates, tmp_path_factory, helpers):
         vm = nova.uuids["target"]
         cli(["plan", vm, "-f", "json"])
         cli(["plan", vm, "-v"])
-        done.purge_id = cli(["purge", "--yes", vm, "--operator", OPERATOR, "--ticket", TICKET,
-                             "-f", "json", "-v"]).json["purge_id"]
+        done.purge_id = cli(["purge", "--yes", "--hold", vm, "--operator", OPERATOR,
+                             "--ticket", TICKET, "-f", "json", "-v"], expect=5).json["purge_id"]
         done.purged_ledger = journal.ledger(done.purge_id)
         cli(["status", done.purge_id, "-f", "json"])
         cli(["rollback", "--yes", done.purge_id, "--operator", OPERATOR, "--ticket", TICKET,
@@ -93,13 +92,12 @@ def audited(templates, tmp_path_factory, helpers):
                 novadb.drop_mysql_database(helpers.SERVER, name)
 
 
-def test_export_has_every_entry_with_who_why_before_after(audited, backend):
+def test_export_has_every_entry_with_who_why_before_after(audited, backend, helpers):
     done = audited(backend)
     ledger, vm = done.ledger, done.nova.uuids["target"]
     assert len(done.purged_ledger) >= 10 and len(ledger) > len(done.purged_ledger)
     intents = [r for r in ledger if r["phase"] == "intent"]
-    assert {r["atom"].split(":")[0] for r in intents} == {
-        "DeleteDbAllocations", "SoftDeleteInstance", "ReleaseQuotaUsage", "QueueMappingForDelete"}
+    assert {r["atom"].split(":")[0] for r in intents} == set(helpers.MUTATING)
     assert {r["phase"] for r in ledger} == {"intent", "applied", "note", "reverted"}
 
     for export_format, text in done.exports.items():

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from novapurge.drivers.novadb import NovaDatabases, render_cell_url
 from novapurge.errors import BadInput
+from novapurge.sandbox.estate import populate_estate
 from novapurge.sandbox.novadb import create_schema
 from novapurge.sandbox.seed import NovaSeeder
 
@@ -22,8 +23,9 @@ def _sqlite(path):
 
 
 @pytest.fixture
-def two_cells(tmp_path):
-    """An API DB with cell1 and cell2; one stuck instance in each, one unmapped in cell2."""
+def two_cells(tmp_path, monkeypatch):
+    """An API DB with cell1 and cell2; one stuck instance in each, one unmapped in cell2; the
+    sandbox hosts and cloud that hold their other traces (NOVAPURGE_SANDBOX for every CLI run)."""
     api = _sqlite(tmp_path / "api.sqlite")
     create_schema(api, "api")
     cells = {}
@@ -32,11 +34,16 @@ def two_cells(tmp_path):
         create_schema(engine, "main")
         seeder = NovaSeeder(engine, api, cell_name=name, seed=name,
                             cell_url=f"sqlite:///{tmp_path / name}.sqlite")
+        stuck = seeder.add_instance(vm_state="error", fault=True, host=f"{name}-compute")
         cells[name] = {"engine": engine, "seeder": seeder, "host": f"{name}-compute",
-                       "stuck": seeder.add_instance(vm_state="error", fault=True,
-                                                    host=f"{name}-compute")["uuid"]}
-    cells["cell2"]["unmapped"] = cells["cell2"]["seeder"].add_instance(
-        vm_state="error", mapped=False, host="cell2-compute")["uuid"]
+                       "stuck": stuck["uuid"], "infos": [stuck]}
+    unmapped = cells["cell2"]["seeder"].add_instance(vm_state="error", mapped=False,
+                                                     host="cell2-compute")
+    cells["cell2"]["unmapped"] = unmapped["uuid"]
+    cells["cell2"]["infos"].append(unmapped)
+    for cell in cells.values():
+        populate_estate(tmp_path / "sandbox", cell["engine"], api, cell["infos"])
+    monkeypatch.setenv("NOVAPURGE_SANDBOX", str(tmp_path / "sandbox"))
     yield {"api_url": f"sqlite:///{tmp_path / 'api.sqlite'}", "cells": cells, "dir": tmp_path}
     for cell in cells.values():
         cell["engine"].dispose()
@@ -75,7 +82,8 @@ def test_purge_finds_each_instance_in_its_own_cell(two_cells, tmp_path):
 def test_rollback_needs_the_api_db_the_purge_used(two_cells, tmp_path):
     journal = f"sqlite:///{tmp_path / 'journal.sqlite'}"
     uuid = two_cells["cells"]["cell2"]["stuck"]
-    code, out, err = _cli(["purge", "--yes", uuid],
+    # nothing irreversible (host trash, volumes, ports) may run, or rollback is refused anyway
+    code, out, err = _cli(["purge", "--yes", "--skip", "host,volumes,ports", uuid],
                           {"NOVAPURGE_API_DB": two_cells["api_url"], "NOVAPURGE_JOURNAL": journal})
     assert code == 0, err
     code, refused, err = _cli(["rollback", "--yes", out["purge_id"]],

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from novapurge.sandbox import novadb
+from novapurge.sandbox.estate import populate_estate
 from novapurge.sandbox.novadb import NovaSeeder
 
 QUOTA_RESOURCES = ("instances", "cores", "ram")
@@ -24,10 +25,11 @@ def kilo(tmp_path, helpers):
                                  volumes=("iscsi",), vifs=("ovs-hybrid",), console_tokens=2,
                                  legacy_quota=True, vcpus=2, memory_mb=4096)
     healthy = seeder.add_instance(name="legacy-ok", vm_state="active", legacy_quota=True)
+    populate_estate(tmp_path / "sandbox", engine, None, [target, healthy])
     config = tmp_path / "novapurge.toml"
     config.write_text("")
     env = {"NOVAPURGE_DB": url, "NOVAPURGE_JOURNAL": f"sqlite:///{tmp_path}/journal.sqlite",
-           "NOVAPURGE_CONFIG": str(config)}
+           "NOVAPURGE_CONFIG": str(config), "NOVAPURGE_SANDBOX": str(tmp_path / "sandbox")}
 
     def cli(args, expect=None, faults=None):
         extra = {"NOVAPURGE_FAULTS": faults} if faults else {}
@@ -72,8 +74,9 @@ def test_purge_and_rollback_without_api_database(kilo, helpers):
     assert [c["target"] for c in steps["ReleaseQuotaUsage"]["changes"]] == ["default"] * 3
     assert not [c for c in steps["QueueMappingForDelete"]["changes"] if c["rows"]]
 
-    result = kilo.cli(["purge", "--yes", vm, "-f", "json"], expect=0).json
-    assert [v["result"] for v in result["vms"]] == ["succeeded"]
+    # held at the point of no return: the database steps are done, nothing irreversible is
+    result = kilo.cli(["purge", "--yes", "--hold", vm, "-f", "json"], expect=5).json
+    assert [v["result"] for v in result["vms"]] == ["suspended"]
     instance, = kilo.rows("instances", uuid=vm)
     assert instance["deleted"] == instance["id"] and instance["vm_state"] == "deleted"
     assert instance["task_state"] is None and helpers.is_fresh(instance["deleted_at"])

@@ -50,8 +50,7 @@ def purged(templates, tmp_path_factory, helpers):
             done.before = {db: {t: cloud.rows(db, t) for t in cloud.tables(db)}
                            for db in cloud.engines}
             done.refs = {r: cloud.referencing(u) for r, u in cloud.uuids.items()}
-            env = {"NOVAPURGE_DB": cloud.cell_url, "NOVAPURGE_API_DB": cloud.api_url,
-                   "NOVAPURGE_JOURNAL": journal.url}
+            env = cloud.env(journal.url)
             result = helpers.run_cli(["purge", "--yes", done.uuid, "-f", "json"], env, expect=0,
                                      cwd=directory)
             assert [(vm["vm_uuid"], vm["result"]) for vm in result.json["vms"]] == \

@@ -4,6 +4,7 @@ Every path must leave both Nova databases byte-identical to what the purge found
 `novadb.snapshot`), on SQLite and MariaDB, and the ledger must show each recorded change reverted.
 """
 
+import json
 import collections
 
 import pytest
@@ -55,11 +56,13 @@ def test_failing_step_reverts_everything(nova, cli, journal, helpers, step, poin
     assert not any(r["atom"].startswith("PassPointOfNoReturn:") for r in rows)
 
 
-def test_rollback_after_success(nova, cli, journal, helpers):
+def test_rollback_of_a_purge_held_at_the_point_of_no_return(nova, cli, journal, helpers):
     before = nova.snap()
     neighbours = {role: nova.referencing(nova.uuids[role]) for role in helpers.HEALTHY}
-    purged = cli(["purge", "--yes", nova.uuids["target"], "-f", "json"], expect=0)
+    purged = cli(["purge", "--yes", "--hold", nova.uuids["target"], "-f", "json"], expect=5)
     purge_id = purged.json["purge_id"]
+    assert [v["result"] for v in purged.json["vms"]] == ["suspended"]
+    assert _status(cli, purge_id) == ("SUSPENDED", ["SUSPENDED"])
     assert nova.snap() != before
     for role, rows in neighbours.items():
         assert nova.referencing(nova.uuids[role]) == rows, role
@@ -83,6 +86,25 @@ def test_rollback_after_success(nova, cli, journal, helpers):
     assert [v["result"] for v in second["vms"]] == ["succeeded"]
     instance, = nova.rows("cell", "instances", uuid=nova.uuids["target"])
     assert instance["deleted"] == instance["id"]
+
+    # Past the point of no return (ports deleted, volumes detached) rollback is refused and
+    # changes nothing.
+    finished = nova.snap()
+    refused = cli(["rollback", "--yes", second["purge_id"], "-f", "json"], expect=3)
+    assert "point of no return" in refused.json["error"]
+    helpers.assert_same(nova.snap(), finished)
+
+
+def test_resume_of_a_held_purge_finalizes_it(nova, cli, journal, helpers):
+    held = cli(["purge", "--yes", "--hold", nova.uuids["target"], "-f", "json"], expect=5).json
+    resumed = cli(["resume", held["purge_id"], "-f", "json"], expect=0).json
+    assert [v["result"] for v in resumed["vms"]] == ["succeeded"]
+    assert _status(cli, held["purge_id"]) == ("SUCCESS", ["SUCCESS"])
+    cloud = json.loads(nova.estate()["cloud"][0][0])
+    vm = nova.uuids["target"]
+    assert not [p for p in cloud["ports"].values() if p["device_id"] == vm]
+    assert not [v for v in cloud["volumes"].values()
+                if any(a["server_id"] == vm for a in v["attachments"])]
 
 
 @pytest.mark.parametrize("step,point", KILL_POINTS, ids=[f"{s}-{p}" for s, p in KILL_POINTS])

@@ -22,7 +22,7 @@ def test_remote_holder_needs_take_over(tmp_path):
     cloud = build_sandbox(tmp_path)
     journal = f"sqlite:///{tmp_path / 'journal.sqlite'}"
     env = {"NOVAPURGE_DB": cloud["cell_url"], "NOVAPURGE_API_DB": cloud["api_url"],
-           "NOVAPURGE_JOURNAL": journal,
+           "NOVAPURGE_JOURNAL": journal, "NOVAPURGE_SANDBOX": str(tmp_path),
            "NOVAPURGE_FAULTS": "kill@SoftDeleteInstance:after-change"}
     vm = cloud["stuck"][0]
     code, _ = _cli(["purge", "--yes", vm], env)

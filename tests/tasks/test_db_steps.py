@@ -40,9 +40,9 @@ def step_env(nova, journal, monkeypatch):
     novadb = NovaDatabases(nova.cell_url, nova.api_url)
     ledger = Ledger(journal.engine, Actor("tests", ticket="T-1"))
     previous = context._current
-    context.install(context.PurgeContext(novadb=novadb, ledger=ledger))
+    drivers = context.install(context.PurgeContext(novadb=novadb, ledger=ledger))
     vm = nova.uuids["target"]
-    yield {"purge_id": PURGE_ID, "vm_uuid": vm, "facts": discover_facts(novadb, vm)}
+    yield {"purge_id": PURGE_ID, "vm_uuid": vm, "facts": discover_facts(drivers, vm)}
     context._current = previous
     novadb.dispose()
 

@@ -1,0 +1,98 @@
+"""iSCSI node records and sessions of a compute host, through `iscsiadm` over its runner.
+
+rc 21 is iscsiadm's "no records / no sessions found": for logout and delete it means done.
+"""
+
+from novapurge import validate
+from novapurge.drivers.ssh import CommandFailed
+
+NOT_FOUND = 21
+# Fields iscsiadm fills itself for a new record: restoring them would fight it.
+_DERIVED = ("node.name", "node.conn[0].address", "node.conn[0].port", "iface.iscsi_ifacename",
+            "node.discovery_address", "node.discovery_port", "node.discovery_type")
+
+
+def _node(iqn, portal):
+    return ["iscsiadm", "-m", "node", "-T", validate.iqn(iqn), "-p", validate.portal(portal)]
+
+
+def startup_manual_argv(iqn, portal):
+    return _node(iqn, portal) + ["--op", "update", "-n", "node.startup", "-v", "manual"]
+
+
+def logout_argv(iqn, portal):
+    return _node(iqn, portal) + ["--logout"]
+
+
+def delete_argv(iqn, portal):
+    return _node(iqn, portal) + ["--op", "delete"]
+
+
+def _record(result) -> dict | None:
+    if result.rc == NOT_FOUND:
+        return None
+    if result.rc:
+        raise CommandFailed(result)
+    return dict(line.split(" = ", 1) for line in result.stdout.splitlines()
+                if " = " in line and not line.startswith("#"))
+
+
+def _logged_in(result, iqn, portal) -> bool:
+    if result.rc not in (0, NOT_FOUND):
+        raise CommandFailed(result)
+    host = validate.portal(portal).split(",")[0]
+    return any(validate.iqn(iqn) in line.split() and host in line
+               for line in result.stdout.splitlines())
+
+
+class Iscsi:
+    """Node records (the file database under /etc/iscsi) and sessions of one host."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def inspect(self, iqn: str, portal: str) -> dict:
+        """{"record": the node record with its secrets shown (for revert; the ledger protects
+        them) or None, "session": logged in?} -- one round trip."""
+        record, sessions = self.runner.run_batch(
+            [(_node(iqn, portal) + ["-o", "show", "-S"], (0, NOT_FOUND)),
+             (["iscsiadm", "-m", "session"], (0, NOT_FOUND))], stop=False)
+        return {"record": _record(record), "session": _logged_in(sessions, iqn, portal)}
+
+    def record(self, iqn: str, portal: str) -> dict | None:
+        return _record(self.runner.run(_node(iqn, portal) + ["-o", "show", "-S"],
+                                       ok_codes=(0, NOT_FOUND)))
+
+    def logged_in(self, iqn: str, portal: str) -> bool:
+        result = self.runner.run(["iscsiadm", "-m", "session"], ok_codes=(0, NOT_FOUND))
+        return _logged_in(result, iqn, portal)
+
+    def disconnect(self, iqn, portal, has_record: bool) -> None:
+        """os-brick's disconnect in one round trip: startup manual (when there is a record),
+        log out, delete the record (rc 21, nothing to log out or delete, is done)."""
+        commands = [(startup_manual_argv(iqn, portal), (0,))] if has_record else []
+        commands += [(logout_argv(iqn, portal), (0, NOT_FOUND)),
+                     (delete_argv(iqn, portal), (0, NOT_FOUND))]
+        self.runner.run_batch(commands)
+
+    def set_startup_manual(self, iqn, portal) -> None:
+        self.runner.run(startup_manual_argv(iqn, portal))
+
+    def logout(self, iqn, portal) -> None:
+        self.runner.run(logout_argv(iqn, portal), ok_codes=(0, NOT_FOUND))
+
+    def delete(self, iqn, portal) -> None:
+        self.runner.run(delete_argv(iqn, portal), ok_codes=(0, NOT_FOUND))
+
+    def restore(self, iqn: str, portal: str, record: dict) -> None:
+        """Create the node record again and set every field that differs from a fresh one."""
+        if self.record(iqn, portal) is None:
+            self.runner.run(_node(iqn, portal) + ["-o", "new"])
+        fresh = self.record(iqn, portal) or {}
+        self.runner.run_batch([
+            (_node(iqn, portal) + ["--op", "update", "-n", key, "-v", value], (0,))
+            for key, value in record.items()
+            if key not in _DERIVED and fresh.get(key) != value and value != "<empty>"])
+
+    def login(self, iqn, portal) -> None:
+        self.runner.run(_node(iqn, portal) + ["--login"])
