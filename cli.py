@@ -265,6 +265,66 @@ def rollback(app, purge_id, yes, take_over, parallel, host_limit):
     run_rollback(app, purge_id, yes, take_over, parallel, host_limit)
 
 
+jobboard_option = click.option(
+    "--jobboard", "jobboard_url", envvar="NOVAPURGE_JOBBOARD", metavar="URL",
+    help="The jobboard: redis://HOST[:PORT][/DB] [env NOVAPURGE_JOBBOARD; config [jobboard] url].")
+
+
+@main.command()
+@click.argument("vm_uuids", nargs=-1, metavar="UUID...")
+@click.option("--from-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+              help="Also submit the instance UUIDs listed in FILE (one per line, # comments; "
+                   "- reads standard input).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@force_option
+@skip_option
+@delete_volumes_option
+@click.option("--hold", is_flag=True,
+              help="Conductors stop each VM at its point of no return (SUSPENDED).")
+@parallel_option
+@jobboard_option
+@common_options
+def submit(app, vm_uuids, from_file, yes, force, skip, delete_volumes, hold, parallel,
+           jobboard_url):
+    """Queue a purge for conductors on any machine: one jobboard job per instance.
+
+    Each instance is checked here (guards, its domain, the drivers it needs): a refused one is
+    reported and not queued. The purge and its VMs' flows go to the journal, which must be
+    shared with the conductors (MySQL/MariaDB); `novapurge conductor` runs the jobs and
+    `status` follows them (QUEUED, RUNNING, ...).
+    """
+    from novapurge.commands import run_submit
+    run_submit(app, vm_uuids, yes, force, skip, delete_volumes, from_file, parallel, hold,
+               jobboard_url)
+
+
+@main.command()
+@click.option("--jobs", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Jobs (VMs) this conductor runs at once, each in its own engine.")
+@click.option("--name", metavar="NAME", help="Name prefix of this conductor on the jobboard "
+              "[default: novapurge]; host and pid are appended.")
+@click.option("--claim-expiry", type=click.FloatRange(1.0, 3600.0), default=None,
+              metavar="SECONDS",
+              help="A claim not renewed for this long expires and the job goes to another "
+                   "conductor [default: [jobboard] claim_expiry, 30]; renewed every third of it.")
+@click.option("--max-jobs", type=click.IntRange(1), default=None, metavar="N",
+              help="Exit after dispatching N jobs (and finishing them) [default: run until "
+                   "SIGTERM].")
+@host_limit_option
+@jobboard_option
+@common_options
+def conductor(app, jobs, name, claim_expiry, max_jobs, host_limit, jobboard_url):
+    """Claim purge jobs from the jobboard and run them until stopped (TaskFlow conductor).
+
+    Any number of conductors, on any machines that share the journal (MySQL/MariaDB) and the
+    jobboard, split the jobs. A conductor that dies loses its claims when they expire and
+    another resumes its VMs from the journal. SIGTERM (or Ctrl-C) suspends the running VMs after
+    their current steps and gives their jobs back; then the conductor exits.
+    """
+    from novapurge.commands import run_conductor
+    run_conductor(app, jobs, name, claim_expiry, max_jobs, host_limit, jobboard_url)
+
+
 @main.command("config")
 @common_options
 def show_config(app):

@@ -27,7 +27,9 @@ def show_plan(app, vm_uuids, force, skip, graph_path, delete_volumes="dot"):
     vms, skip = validate_vms(vm_uuids), validate.skip_groups(skip)
     plans = app.purger.plan(vms, force, skip, delete_volumes)
     if graph_path and plans and plans[0].get("flow") is not None:
-        nx.nx_pydot.write_dot(step_graph(plans[0]["flow"]), graph_path)
+        graph = step_graph(plans[0]["flow"])
+        # DOT reads a bare `a:b` as node a, port b: quote every name (targets hold colons)
+        nx.nx_pydot.write_dot(nx.relabel_nodes(graph, {n: f'"{n}"' for n in graph}), graph_path)
     if app.as_json:
         output.emit_json([{k: v for k, v in p.items() if k != "flow"} for p in plans])
         return
@@ -184,6 +186,75 @@ def run_rollback(app, purge_id, yes, take_over=False, parallel=None, host_limit=
     shown = progress.for_batch("Rolling back", size, not app.as_json)
     _finish(app, purge_id, app.purger.rollback(purge_id, take_over, **_pool(parallel, shown)),
             "Rollback", expected="reverted")
+
+
+def _jobboard_settings(app, url) -> None:
+    if url:
+        app.settings.jobboard = dict(app.settings.jobboard, url=url)
+    if app.settings.journal_url.startswith("sqlite"):
+        output.err_console.print("warning: the journal is a SQLite file: only conductors on this "
+                                 "machine can run these jobs (share a MySQL journal)",
+                                 highlight=False)
+
+
+def run_submit(app, vm_uuids, yes, force, skip, delete_volumes="dot", from_file=None,
+               parallel=None, hold=False, jobboard_url=None):
+    from novapurge.distributed.board import open_board
+    from novapurge.distributed.submit import QUEUED, submit
+    vms = validate_vms(list(vm_uuids) + read_vm_file(from_file))
+    skip = validate.skip_groups(skip)
+    _jobboard_settings(app, jobboard_url)
+    board = open_board(app.settings, persistence=app.journal.backend)
+    try:
+        _confirm(app, f"Queue the purge of {len(vms)} instance(s)?", yes)
+        started = (lambda pid: output.err_console.print(f"purge id: [bold]{pid}[/]",
+                                                        markup=True)) \
+            if not app.as_json else None
+        purge_id, outcomes = submit(
+            app.purger, board, vms, force, skip, delete_volumes, hold, on_start=started,
+            **_pool(parallel, progress.for_batch("Submitting", len(vms), not app.as_json)))
+    finally:
+        board.close()
+    _finish(app, purge_id, outcomes, "Submitted", expected=QUEUED)
+
+
+def run_conductor(app, jobs, name=None, claim_expiry=None, max_jobs=None, host_limit=None,
+                  jobboard_url=None):
+    import signal
+
+    from novapurge.distributed.board import open_board
+    from novapurge.distributed.conductor import PurgeConductor, conductor_name
+    _jobboard_settings(app, jobboard_url)
+    _batch_options(app, host_limit)
+    purger = app.purger          # installs this process's drivers for every engine
+    board = open_board(app.settings, persistence=purger.journal.backend,
+                       claim_expiry=claim_expiry)
+    name = conductor_name(name)
+    worker = PurgeConductor(name, board, purger, jobs=jobs)
+
+    def stop(signum, _frame):
+        output.err_console.print(f"signal {signum}: suspending running VMs after their current "
+                                 f"steps and giving their jobs back", highlight=False)
+        worker.stop()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    if not app.as_json:
+        output.err_console.print(f"conductor {name}: {jobs} job(s) at once, claims expire after "
+                                 f"{board.claim_expiry:g} s", highlight=False)
+    try:
+        worker.run(max_dispatches=max_jobs)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        worker.close()
+    outcomes = [outcome for _job, outcome in worker.outcomes]
+    counts = summarize(outcomes)
+    if app.as_json:
+        output.emit_json({"conductor": name, "summary": counts,
+                          "jobs": [dict(o.as_dict(), job=job) for job, o in worker.outcomes]})
+    else:
+        output.out_console.print(f"conductor {name} stopped: {len(outcomes)} job(s) run"
+                                 + (": " + ", ".join(f"{n} {r}" for r, n in counts.items())
+                                    if counts else ""))
 
 
 def show_config(app):

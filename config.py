@@ -40,6 +40,7 @@ class Settings:
     os_cloud: str | None = None        # clouds.yaml entry (OS_CLOUD)
     service_cloud: str | None = None   # clouds.yaml entry of Nova's service user (service token)
     sandbox: str | None = None         # a sandbox dir: simulated hosts and cloud (demo, tests)
+    jobboard: dict = dataclasses.field(default_factory=dict)  # url, namespace, claim_expiry
     sources: list = dataclasses.field(default_factory=list)
 
     def describe(self) -> dict:
@@ -51,7 +52,10 @@ class Settings:
                 "ticket": self.ticket, "memcached_servers": self.memcached_servers,
                 "instances_path": self.instances_path, "hosts": self.hosts, "ssh": self.ssh,
                 "os_cloud": self.os_cloud, "service_cloud": self.service_cloud,
-                "sandbox": self.sandbox, "sources": self.sources}
+                "sandbox": self.sandbox,
+                "jobboard": {k: safe_url(v) if k == "url" else v
+                             for k, v in self.jobboard.items()},
+                "sources": self.sources}
 
 
 def read_nova_conf(path) -> dict:
@@ -95,7 +99,8 @@ def read_toml(path) -> dict:
              "ssh": data.get("ssh"),
              "os_cloud": data.get("cloud", {}).get("name"),
              "service_cloud": data.get("cloud", {}).get("service"),
-             "sandbox": data.get("sandbox", {}).get("dir")}
+             "sandbox": data.get("sandbox", {}).get("dir"),
+             "jobboard": data.get("jobboard")}
     return {k: v for k, v in found.items() if v}
 
 

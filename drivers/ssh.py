@@ -175,6 +175,7 @@ class Runner:
         self.name = name
         self.options = options
         self.peak_channels = 0
+        self.round_trips = 0          # commands and batches sent (a batch is one)
         self.history = collections.deque(maxlen=HISTORY)
         self._slots = threading.BoundedSemaphore(options.max_channels)
         self._count_lock = threading.Lock()
@@ -188,6 +189,7 @@ class Runner:
         with self._slots:
             with self._count_lock:
                 self._in_flight += 1
+                self.round_trips += 1
                 self.peak_channels = max(self.peak_channels, self._in_flight)
             started = time.monotonic()
             try:
@@ -225,6 +227,7 @@ class Runner:
         with self._slots:
             with self._count_lock:
                 self._in_flight += 1
+                self.round_trips += 1
                 self.peak_channels = max(self.peak_channels, self._in_flight)
             started = time.monotonic()
             try:

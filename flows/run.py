@@ -138,22 +138,31 @@ class Purger:
         refusal is raised, as before anything was journaled. The purge's logbook is journaled
         when its first VM is about to run (purge_id is None when none did).
         """
+        book = self.new_book(vm_uuids, force, skip, delete_volumes, hold)
+        opened = OpenedBook(self.journal, book, on_start)
+        outcomes = Batch(parallel, progress, self.report).run(
+            vm_uuids, lambda vm_uuid, batch: self._start(vm_uuid, opened, batch))
+        if opened.saved:
+            self.note_not_run(book, outcomes)
+        return (book.uuid if opened.saved else None), outcomes
+
+    def new_book(self, vm_uuids, force=False, skip=(), delete_volumes="dot", hold=False,
+                 **meta):
+        """The logbook of a new purge (not journaled yet): who, what, with which options."""
         if delete_volumes not in DELETE_VOLUMES:
             raise BadInput(f"--delete-volumes must be one of {', '.join(DELETE_VOLUMES)}")
         book = models.LogBook("novapurge")
         book.meta = {"operator": self.journal.ledger.actor.operator,
                      "ticket": self.journal.ledger.actor.ticket, "vms": list(vm_uuids),
                      "force": force, "skip": list(skip), "delete_volumes": delete_volumes,
-                     "hold": bool(hold), "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-        opened = _OpenedBook(self.journal, book, on_start)
-        outcomes = Batch(parallel, progress, self.report).run(
-            vm_uuids, lambda vm_uuid, batch: self._start(vm_uuid, opened, batch))
-        if opened.saved:
-            self._note_not_run(book, outcomes)
-        return (book.uuid if opened.saved else None), outcomes
+                     "hold": bool(hold),
+                     "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                     **meta}
+        return book
 
-    def _start(self, vm_uuid: str, opened: "_OpenedBook", batch: Batch) -> Outcome:
-        """Check one VM, journal its flow detail in the purge, run it."""
+    def journal_vm(self, vm_uuid: str, opened: "OpenedBook", batch: Batch):
+        """Check one VM and journal its flow detail in the purge: the flow detail, or the
+        Outcome of a VM with nothing to do. Raises what preflight refuses."""
         meta = opened.book.meta
         force, skip = meta.get("force", False), meta.get("skip") or []
         facts = self.preflight(vm_uuid, force, skip)
@@ -165,13 +174,21 @@ class Purger:
         options = self.options(opened.book.uuid, facts, force, skip,
                                meta.get("delete_volumes", "dot"), meta.get("hold", False))
         flow_detail = models.FlowDetail(f"purge:{vm_uuid}", uuidutils.generate_uuid())
+        flow_detail.state = states.PENDING
         engine_helpers.save_factory_details(flow_detail, purge_flow, [vm_uuid],
                                             {"options": options})
         opened.add(flow_detail)
         self._record_host_keys(opened.book.uuid, {vm_uuid: facts})
+        return flow_detail
+
+    def _start(self, vm_uuid: str, opened: "OpenedBook", batch: Batch) -> Outcome:
+        """Check one VM, journal its flow detail in the purge, run it."""
+        flow_detail = self.journal_vm(vm_uuid, opened, batch)
+        if isinstance(flow_detail, Outcome):
+            return flow_detail
         return self._run(flow_detail, vm_uuid, opened.book.uuid, batch)
 
-    def _note_not_run(self, book, outcomes) -> None:
+    def note_not_run(self, book, outcomes) -> None:
         """Keep in the purge which VMs never got a flow, and why (`status` and `resume` show it)."""
         not_run = {o.vm_uuid: {"result": o.result, "reason": o.message} for o in outcomes
                    if o.result in _NOT_RUN}
@@ -214,7 +231,7 @@ class Purger:
         book = self._book(purge_id)
         vms, details = self._vms_of(book)
         not_run = (book.meta or {}).get("not_run") or {}
-        opened = _OpenedBook(self.journal, book, saved=True)
+        opened = OpenedBook(self.journal, book, saved=True)
 
         def resume_one(vm_uuid, batch):
             fd = details.get(vm_uuid)
@@ -245,7 +262,7 @@ class Purger:
             if fd.state == states.REVERTED:
                 return Outcome(vm_uuid, "nothing-to-do", "already rolled back")
             # The lock first: a refused rollback must leave the journal as it was.
-            with self._vm_lock(vm_uuid, purge_id, take_over):
+            with self.vm_lock(vm_uuid, purge_id, take_over):
                 engine = taskflow.engines.load_from_detail(fd, backend=self.journal.backend,
                                                            **batch.engine_options)
                 engine.compile()
@@ -269,7 +286,7 @@ class Purger:
                               f"ran and cannot be undone")
 
     @contextlib.contextmanager
-    def _vm_lock(self, vm_uuid: str, purge_id: str, take_over=False):
+    def vm_lock(self, vm_uuid: str, purge_id: str, take_over=False):
         """Hold the VM's lock (taking over a dead holder of this purge) while running it."""
         previous = self.journal.locks.acquire(vm_uuid, purge_id, take_over_remote=take_over)
         if previous is not None and previous.machine != self.journal.locks.machine():
@@ -283,7 +300,7 @@ class Purger:
 
     def _run(self, flow_detail, vm_uuid: str, purge_id: str, batch: Batch,
              take_over=False) -> Outcome:
-        with self._vm_lock(vm_uuid, purge_id, take_over):
+        with self.vm_lock(vm_uuid, purge_id, take_over):
             engine = taskflow.engines.load_from_detail(flow_detail, backend=self.journal.backend,
                                                        **batch.engine_options)
             return self._execute(engine, vm_uuid, batch)
@@ -325,6 +342,9 @@ class Purger:
             holder = self.journal.locks.holder(vm_uuid)
             state = flow_status(fd.state, holder if holder and holder.purge_id == book.uuid
                                 else None)
+            if state == "INTERRUPTED" and fd.state in (None, states.PENDING) and \
+                    (book.meta or {}).get("submitted"):
+                state = "QUEUED"   # its job waits on the jobboard for a conductor
             atoms = list(fd)
             failure = next(((step_of(a.name), f.exception_str.splitlines()[0][:300])
                             for a in atoms for f in (a.revert_failure, a.failure)
@@ -405,7 +425,7 @@ def engine_outcome(engine, vm_uuid: str) -> Outcome:
                    failed[1] if failed else "", failed[0] if failed else None)
 
 
-class _OpenedBook:
+class OpenedBook:
     """A purge's logbook, journaled when its first VM is about to run (so a purge whose VMs are
     all refused journals nothing); each VM's flow detail is added on its own."""
 

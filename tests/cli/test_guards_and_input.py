@@ -13,8 +13,6 @@ import sqlalchemy as sa
 
 from novapurge.persistence.locks import VmLocks
 
-STEPS = ["DiscoverInstance", "GuardInstance", "DeleteDbAllocations", "SoftDeleteInstance",
-         "ReleaseQuotaUsage", "QueueMappingForDelete", "PassPointOfNoReturn"]
 
 
 @pytest.fixture
@@ -188,8 +186,17 @@ def test_plan_changes_nothing_and_lists_the_steps(nova, cli, unchanged, helpers)
     result = cli(["plan", vm, "-f", "json"], expect=0)
     plan, = result.json
     assert plan["vm_uuid"] == vm
-    assert [s["step"] for s in plan["steps"]] == STEPS
-    assert [s["atom"] for s in plan["steps"]] == [f"{s}:{vm}" for s in STEPS]
+    assert [s["step"] for s in plan["steps"]] == list(helpers.STEPS)
+    vif, = nova.info["target"]["ports"]
+    assert [s["atom"] for s in plan["steps"]][:5] == [f"{s}:{vm}" for s in helpers.STEPS[:5]]
+    assert f"UnplugVif:{vm}:{vif}" in [s["atom"] for s in plan["steps"]]
+    by_step = {s["step"]: s for s in plan["steps"]}
+    host_commands = [c["command"] for c in by_step["UnplugVif"]["changes"]]
+    assert any(c.startswith(f"ip link del dev qbr{vif[:11]}") for c in host_commands)
+    assert by_step["DestroyDomain"]["changes"][0]["command"] == \
+        f"virsh destroy {nova.info['target']['instance_name']}"
+    assert {s["step"] for s in plan["steps"] if not s["reversible"]} == \
+        {"PassPointOfNoReturn", *helpers.FINALIZE}
     by_step = {s["step"]: s for s in plan["steps"]}
     assert {c["table"] for c in by_step["SoftDeleteInstance"]["changes"] if c["rows"]} >= {
         "instances", "block_device_mapping", "tags", "console_auth_tokens", "share_mapping"}
@@ -199,25 +206,35 @@ def test_plan_changes_nothing_and_lists_the_steps(nova, cli, unchanged, helpers)
     assert helpers.read_secret(nova) not in result.stdout + result.stderr
 
     table = cli(["plan", vm], expect=0)
-    for step in STEPS:
+    for step in helpers.STEPS:
         assert step in table.stdout
     unchanged()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydot's parser on new pyparsing
-def test_plan_graph_writes_the_step_graph(nova, cli, unchanged, tmp_path):
+def test_plan_graph_writes_the_step_graph(nova, cli, unchanged, tmp_path, helpers):
     path = tmp_path / "steps.dot"
     cli(["plan", nova.uuids["target"], "--graph", path], expect=0)
     graph, = pydot.graph_from_dot_file(str(path))
     nodes = {n.get_name().strip('"') for n in graph.get_nodes()} - {"node", "graph", "edge"}
-    assert nodes == set(STEPS)
-    edges = {(e.get_source().strip('"'), e.get_destination().strip('"'))
-             for e in graph.get_edges()}
-    assert {("DiscoverInstance", "GuardInstance"), ("GuardInstance", "DeleteDbAllocations"),
-            ("GuardInstance", "SoftDeleteInstance"), ("SoftDeleteInstance", "ReleaseQuotaUsage"),
+    assert {n.split(":", 1)[0] for n in nodes} == set(helpers.STEPS)
+    edges = {(e.get_source().strip('"').split(":", 1)[0],
+              e.get_destination().strip('"').split(":", 1)[0]) for e in graph.get_edges()}
+    # the host chain, then the database chain; API steps beside them; finalize after no return
+    assert {("DiscoverInstance", "GuardInstance"), ("GuardInstance", "VerifyDomainIdentity"),
+            ("VerifyDomainIdentity", "DeleteDbAllocations"),
+            ("VerifyDomainIdentity", "DeleteAllocations"),
+            ("VerifyDomainIdentity", "DestroyDomain"), ("DestroyDomain", "UnplugVif"),
+            ("UnplugVif", "DisconnectIscsiTarget"),
+            ("DisconnectIscsiTarget", "QuarantineInstanceDirs"),
+            ("QuarantineInstanceDirs", "UndefineDomain"), ("UndefineDomain", "SoftDeleteInstance"),
+            ("SoftDeleteInstance", "ReleaseQuotaUsage"),
             ("ReleaseQuotaUsage", "QueueMappingForDelete"),
             ("QueueMappingForDelete", "PassPointOfNoReturn"),
-            ("DeleteDbAllocations", "PassPointOfNoReturn")} <= edges
+            ("DeleteDbAllocations", "PassPointOfNoReturn"),
+            ("DeleteAllocations", "PassPointOfNoReturn"),
+            ("PassPointOfNoReturn", "DetachVolume"), ("PassPointOfNoReturn", "DeletePort"),
+            ("PassPointOfNoReturn", "EmptyQuarantine")} == edges
     unchanged()
 
 

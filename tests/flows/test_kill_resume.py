@@ -12,12 +12,18 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# Every boundary and change point of the database steps; the change points of the host and API
+# steps (simulated hosts and cloud); the start of each finalize step.
 STEPS = ("DiscoverInstance", "GuardInstance", "DeleteDbAllocations", "SoftDeleteInstance",
          "ReleaseQuotaUsage", "QueueMappingForDelete", "PassPointOfNoReturn")
 MUTATING = ("DeleteDbAllocations", "SoftDeleteInstance", "ReleaseQuotaUsage",
             "QueueMappingForDelete")
+HOST_AND_API = ("DeleteAllocations", "DestroyDomain", "UnplugVif", "DisconnectIscsiTarget",
+                "QuarantineInstanceDirs", "UndefineDomain")
+FINALIZE = ("DetachVolume", "DeletePort", "EmptyQuarantine")
 KILL_POINTS = [(step, point) for step in STEPS for point in ("start", "end")] + \
-    [(step, point) for step in MUTATING for point in ("before-change", "after-change")]
+    [(step, point) for step in MUTATING for point in ("before-change", "after-change")] + \
+    [(step, "after-change") for step in HOST_AND_API] + [(step, "start") for step in FINALIZE]
 MYSQL_POINTS = [("SoftDeleteInstance", "before-change"), ("SoftDeleteInstance", "after-change"),
                 ("QueueMappingForDelete", "start"), ("ReleaseQuotaUsage", "after-change")]
 CASES = [pytest.param("sqlite", step, point, id=f"sqlite-{step}-{point}")
@@ -35,7 +41,7 @@ def kill_purge(cli, nova, helpers, fault):
     return helpers.newest_purge(cli)
 
 
-def assert_ledger_complete(journal, purge_id, vm_uuid):
+def assert_ledger_complete(journal, purge_id, vm_uuid, helpers):
     """Intact hash chain, one before-state per (step, resource), point of no return passed."""
     assert journal.verify() == []
     rows = journal.ledger(purge_id)
@@ -47,7 +53,7 @@ def assert_ledger_complete(journal, purge_id, vm_uuid):
     applied = {(r["atom"], r["resource"]) for r in rows if r["phase"] == "applied"}
     assert applied == set(intents)
     steps_changed = {atom.split(":")[0] for atom, _resource in intents}
-    assert steps_changed == set(MUTATING)
+    assert steps_changed == set(helpers.MUTATING) | set(helpers.FINALIZE)
     assert [r["outcome"] for r in rows if r["atom"].startswith("PassPointOfNoReturn:")] == \
         ["passed"]
 
@@ -78,7 +84,7 @@ def test_killed_purge_resumes_to_the_uninterrupted_end_state(nova, cli, journal,
     resumed = cli(["resume", purge_id, "-f", "json"], expect=0)
     assert [(v["vm_uuid"], v["result"]) for v in resumed.json["vms"]] == [(vm, "succeeded")]
     helpers.assert_same(nova.normalized(), expected)
-    assert_ledger_complete(journal, purge_id, vm)
+    assert_ledger_complete(journal, purge_id, vm, helpers)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
@@ -111,5 +117,5 @@ def test_resume_killed_again_then_resumed(nova, cli, journal, helpers, reference
     assert helpers.newest_purge(cli)["state"] == "INTERRUPTED"
     cli(["resume", purge_id], expect=0)
     helpers.assert_same(nova.normalized(), reference_purge(backend))
-    assert_ledger_complete(journal, purge_id, nova.uuids["target"])
+    assert_ledger_complete(journal, purge_id, nova.uuids["target"], helpers)
     assert journal.logbooks() == [purge_id]

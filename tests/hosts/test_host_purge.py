@@ -8,6 +8,7 @@ is exactly the target's domain, devices, OVS ports, node records and dirs.
 import concurrent.futures
 import json
 import shutil
+import subprocess
 
 import pytest
 import sqlalchemy as sa
@@ -134,6 +135,9 @@ class Estate:
         names = list(self.lab.hosts)
         with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
             return dict(zip(names, pool.map(lambda n: self.lab.hosts[n].snapshot(), names)))
+
+    def logins(self) -> dict:
+        return {name: host.ssh_logins() for name, host in self.lab.hosts.items()}
 
     def db(self) -> dict:
         return {"cell": novadb.snapshot(self.cell), "api": novadb.snapshot(self.api)}
@@ -336,9 +340,10 @@ def test_hostile_facts_are_refused_before_anything_runs(estate, field, value):
             info["data"][key][0] = value
             conn.execute(sa.text("UPDATE block_device_mapping SET connection_info = :c WHERE "
                                  "id = :i"), {"c": json.dumps(info), "i": row.id})
-    before, db = estate.snapshots(), estate.db()
+    before, db, logins = estate.snapshots(), estate.db(), estate.logins()
     result = _purge(estate, "target", expect=2)
     assert "refusing" in result.stderr + result.stdout
+    assert estate.logins() == logins            # refused before any connection to a host
     assert_hosts(estate.snapshots(), before)
     assert estate.db() == db
     assert estate.cli("status", "-f", "json", expect=0).json == []
@@ -347,9 +352,10 @@ def test_hostile_facts_are_refused_before_anything_runs(estate, field, value):
 def test_hostile_instances_path_is_refused(estate):
     estate.config.write_text(estate.config.read_text().replace(
         "[ssh]", '[hosts]\ninstances_path = "/var/lib/nova/../../etc"\n\n[ssh]'))
-    before = estate.snapshots()
+    before, logins = estate.snapshots(), estate.logins()
     result = _purge(estate, "target", expect=2)
     assert "instances_path" in result.stderr + result.stdout
+    assert estate.logins() == logins
     assert_hosts(estate.snapshots(), before)
 
 
@@ -357,32 +363,46 @@ def test_unknown_host_key_is_refused_and_accept_new_records_it(estate, tmp_path)
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
     estate.write_config(known_hosts=empty)
-    before = estate.snapshots()
+    before, db, logins = estate.snapshots(), estate.db(), estate.logins()
     result = _purge(estate, "target", expect=8)
     assert "--ssh-accept-new" in result.stderr + result.stdout
+    assert estate.logins() == logins            # no authentication to an unknown host
     assert_hosts(estate.snapshots(), before)
-    _purge(estate, "target", "--ssh-accept-new")
-    assert "cmp1" in empty.read_text() or estate.lab.hosts["cmp1"].address in empty.read_text()
+    assert estate.db() == db and empty.read_text() == ""
+    result = _purge(estate, "target", "--ssh-accept-new")
+    assert [vm["result"] for vm in result.json["vms"]] == ["succeeded"]
+    host = estate.lab.hosts["cmp1"]
+    kind, key = host.host_key.with_suffix(".pub").read_text().split()[:2]
+    assert empty.read_text() == f"{host.address} {kind} {key}\n"   # only the host it talked to
+    assert_hosts(estate.snapshots(), estate.without(before, "target"))
     purge_id = estate.cli("status", "-f", "json", expect=0).json[-1]["purge_id"]
     rows = estate.cli("audit", "export", purge_id, "--format", "json", expect=0)
-    entries = json.loads(rows.stdout)
-    assert any(e["outcome"] == "trusted-on-first-use" for e in entries)
+    trusted = [e for e in json.loads(rows.stdout) if e["outcome"] == "trusted-on-first-use"]
+    assert [e["resource"] for e in trusted] == ["hostkey:cmp1"]
+    fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f",
+                                  str(host.host_key.with_suffix(".pub"))], check=True,
+                                 capture_output=True, text=True).stdout.split()[1]
+    assert fingerprint in json.dumps(trusted[0])
 
 
 def test_host_down_fails_clearly_and_skip_host_defers_its_cleanup(estate, hostlab):
     host = hostlab.hosts["cmp1"]
     host.stop_sshd()
-    db = estate.db()
+    before, db = estate.snapshots(), estate.db()
     result = _purge(estate, "target", expect=8)
     message = result.json["error"]
     assert "host cmp1" in message and "does not answer" in message and "--skip host" in message
     assert estate.db() == db
-    _purge(estate, "target", "--skip", "host")
+    assert estate.cli("status", "-f", "json", expect=0).json == []
+    result = _purge(estate, "target", "--skip", "host")
+    assert [vm["result"] for vm in result.json["vms"]] == ["succeeded"]
+    assert not estate.live("target")
+    assert_hosts(estate.snapshots(), before)     # the host's cleanup is left for later
     status = estate.cli("status", "-f", "json", expect=0).json[-1]
     deferred = status["vms"][0]["deferred"]
     assert [d["resource"] for d in deferred] == ["host:cmp1"]
-    assert estate.info["target"]["instance_name"] == deferred[0]["detail"]["domain"]
-    host.start_sshd()
+    assert deferred[0]["detail"]["domain"] == estate.info["target"]["instance_name"]
+    assert len(deferred[0]["detail"]["dirs"]) == 3 and len(deferred[0]["detail"]["iscsi"]) == 2
 
 
 def test_dropped_transport_mid_purge_reconnects_and_finishes(estate, hostlab):

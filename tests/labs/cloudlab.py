@@ -48,8 +48,11 @@ AFTER_SYNC = {  # setup chain -> API started once its databases are synced
     "cinder": "cinder-api",
     "nova": "nova-api",
 }
-# started once the service users exist (nova-scheduler authenticates at start)
-AFTER_CATALOG = ("cinder-scheduler", "cinder-volume", "nova-conductor", "nova-scheduler")
+# chain -> daemons started once the catalog exists (they authenticate at start) and RabbitMQ
+# answers; nova-compute also waits for placement (it registers its provider at start)
+AFTER_CATALOG = {"cinder": ("cinder-scheduler", "cinder-volume"),
+                 "nova": ("nova-conductor", "nova-scheduler", "nova-compute")}
+RABBIT, EPMD = "rabbitmq", "epmd"      # the lab's own broker, when it runs one
 API_TIMEOUT, DAEMON_TIMEOUT, WAIT_TIMEOUT = 180, 180, 120
 
 __all__ = ["CloudLab", "LabError"]
@@ -79,7 +82,10 @@ class CloudLab:
         self._popens: dict = {}
         self._conns: dict = {}
         self._engines: dict = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._ready: dict = {}
+        self._failed = threading.Event()
+        self._epmd_before = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> CloudLab:
@@ -114,15 +120,16 @@ class CloudLab:
         self._kill_all()
 
     def _close_connections(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        with self._lock:
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()
 
     def _kill_all(self) -> None:
         if self._state is None:
             self._stop_recorded()
             return
-        procs.stop(self._state["procs"])
+        _stop_in_order(self._state["procs"])
         self._reap()
         self._state = None
         (self.rundir / "state.json").unlink(missing_ok=True)
@@ -131,7 +138,7 @@ class CloudLab:
         """Kill the processes an earlier lab in this run dir left running."""
         state = self._read_state()
         if state:
-            procs.stop(state.get("procs", {}))
+            _stop_in_order(state.get("procs", {}))
         (self.rundir / "state.json").unlink(missing_ok=True)
 
     def _reuse(self) -> bool:
@@ -140,8 +147,8 @@ class CloudLab:
                 state.get("digest") != _lab_digest():
             return False
         wanted = {*services.APIS, *services.DAEMONS}
-        if set(state["procs"]) != wanted or not all(map(procs.is_running,
-                                                        state["procs"].values())):
+        if set(state["procs"]) - {RABBIT, EPMD} != wanted or not all(
+                map(procs.is_running, state["procs"].values())) or not rabbit.listening():
             return False
         self._state = state
         try:
@@ -156,6 +163,9 @@ class CloudLab:
         return True
 
     def _fresh_start(self) -> None:
+        """Everything in parallel chains, one per service: DB sync, API, then (once Keystone
+        has the catalog) its daemons and resources. Any failure stops the lab's processes at
+        once, so the other chains end instead of waiting out their timeouts."""
         deadline = time.monotonic() + 10     # the processes just stopped may still hold them
         while (busy := [port for port in services.PORTS if procs.port_open(port)]) and \
                 time.monotonic() < deadline:
@@ -163,63 +173,130 @@ class CloudLab:
         if busy:
             raise LabError(f"ports {busy} on 127.0.0.1 are taken (another lab, from another run "
                            "dir?): stop it first")
-        rabbit.ensure_running()
         shutil.rmtree(self.rundir, ignore_errors=True)
         self.logs.mkdir(parents=True)
         password = secrets.token_urlsafe(18)
         self._state = {"venv": str(self.venv), "digest": _lab_digest(), "password": password,
                        "procs": {}, "ids": {}}
+        self._save_state()
+        self._start_rabbit()
         config.write(self.rundir, self.venv, password, COMPUTE_HOST)
         self._write_clouds_yaml(password)
-        self._save_state()
         self._timed("databases recreated", provision.recreate_databases)
         env = services.setup_env(self.venv, password)
         chains = services.sync_chains(self.venv, self.rundir)
+        self._ready = {name: threading.Event() for name in [*chains, "catalog"]}
+        self._failed = threading.Event()
+        ids = {}
         with concurrent.futures.ThreadPoolExecutor(len(chains)) as pool:
-            jobs = [pool.submit(self._sync_then_start, name, commands, env)
+            jobs = [pool.submit(self._bring_up, name, commands, env, password, ids)
                     for name, commands in chains.items()]
-            for job in concurrent.futures.as_completed(jobs):
-                job.result()
-        self._timed("catalog created", provision.create_catalog, self.connection(), password)
-        self._close_connections()        # their tokens hold the catalog from before
-        for name in AFTER_CATALOG:
-            self._spawn(name)
-        for name in AFTER_CATALOG:
-            self._wait_healthy(name)
-        self._note("daemons up")
-        self.start_service("nova-compute")
-        self._timed("compute host mapped", self._discover_compute)
-        conn = self.connection()
-        ids = {"network_id": provision.create_network(conn),
-               "flavor_id": provision.create_flavor(conn),
-               "image_id": provision.create_image(conn)}
+            try:
+                for job in concurrent.futures.as_completed(jobs):
+                    job.result()
+            except BaseException:
+                self._failed.set()
+                _stop_in_order(self._state["procs"])
+                raise
         self._set_ids(ids)
         self._state["ids"] = ids
         self._save_state()
 
-    def _sync_then_start(self, chain: str, commands: list, env: dict) -> None:
+    def _bring_up(self, chain: str, commands: list, env: dict, password: str,
+                  ids: dict) -> None:
+        """One service's chain: sync its DBs, start its API, then what needs the catalog."""
         log = self.logs / f"setup-{chain}.log"
-        for argv in commands:
-            procs.run(list(argv), env, log)
-        self._note(f"{chain} databases synced")
-        self._spawn(AFTER_SYNC[chain])
-        self._wait_healthy(AFTER_SYNC[chain])
-        self._note(f"{AFTER_SYNC[chain]} answers")
+        for step in commands:
+            if callable(step):
+                self._timed(f"{chain}: {step.__name__}", step)
+                continue
+            group = step if isinstance(step, list) else [step]
+            with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
+                for job in [pool.submit(self._timed, f"{chain}: {_label(argv)}", procs.run,
+                                        list(argv), env, log) for argv in group]:
+                    job.result()
+        api = AFTER_SYNC[chain]
+        self._spawn(api)
+        self._timed(f"{api} answers", self._wait_healthy, api)
+        if chain == "keystone":
+            self._timed("catalog created", provision.create_catalog, self.connection(),
+                        password)
+            self._close_connections()        # their tokens hold the catalog from before
+            self._ready["catalog"].set()
+        self._ready[chain].set()
+        self._wait_ready("catalog")
+        conn = self.connection()
+        if chain == "neutron":
+            ids["network_id"] = provision.create_network(conn)
+        elif chain == "glance":
+            ids["image_id"] = provision.create_image(conn)
+        elif chain == "nova":
+            ids["flavor_id"] = provision.create_flavor(conn)
+        daemons = AFTER_CATALOG.get(chain, ())
+        if daemons:
+            self._timed("RabbitMQ answers", self._wait_rabbit)
+        for name in daemons:
+            if name == "nova-compute":
+                self._wait_ready("placement")
+            self._spawn(name)
+        for name in daemons:
+            self._timed(f"{name} up", self._wait_healthy, name)
+        if chain == "nova":
+            self._timed("compute host mapped", self._discover_compute)
+
+    def _wait_ready(self, what: str) -> None:
+        """Wait for another chain's milestone; LabError as soon as any chain failed."""
+        while not self._ready[what].wait(0.2):
+            if self._failed.is_set():
+                raise LabError(f"gave up waiting for {what}: another part of the lab failed")
+
+    def _start_rabbit(self) -> None:
+        """Run the lab's own RabbitMQ unless a broker already listens on 5672 (then that one
+        is used and left alone). Not waited for here: the DB syncs need no bus."""
+        if rabbit.listening():
+            self._note("using the RabbitMQ already listening on 5672")
+            return
+        self._epmd_before = rabbit.epmd_pid()
+        argv, env = rabbit.command(self.rundir, services.environment(self.venv))
+        log = self.logs / "rabbitmq.log"
+        popen, record = procs.spawn(argv, env, log, self.rundir)
+        with self._lock:
+            self._popens[record["pid"]] = popen
+            self._state["procs"][RABBIT] = record
+        self._save_state()
+
+    def _wait_rabbit(self) -> None:
+        record, deadline = self._state["procs"].get(RABBIT), time.monotonic() + DAEMON_TIMEOUT
+        while not rabbit.listening():
+            if record and not procs.is_running(record):
+                log = self.logs / "rabbitmq.log"
+                raise LabError(f"RabbitMQ exited; {log}:\n{procs.tail(log)}")
+            if time.monotonic() > deadline or self._failed.is_set():
+                raise LabError("RabbitMQ does not listen on 127.0.0.1:5672")
+            time.sleep(0.2)
+        with self._lock:
+            if record and EPMD not in self._state["procs"] and self._epmd_before is None:
+                pid = rabbit.epmd_pid()          # the epmd our broker started: ours to stop
+                if pid is not None:
+                    self._state["procs"][EPMD] = {"pid": pid, "start": procs.start_time(pid)}
+        self._save_state()
 
     def _discover_compute(self) -> None:
-        """Map the compute host into cell1 (`discover_hosts` once Nova lists its node; the
-        scheduler's periodic discovery may be first) and wait for the host mapping."""
-        deadline, discovered = time.monotonic() + WAIT_TIMEOUT, False
+        """Wait until the compute host is mapped into cell1: the scheduler's periodic
+        discovery (every 2 s) does it once the node is listed; `discover_hosts` if it lags."""
+        deadline, nudge = time.monotonic() + WAIT_TIMEOUT, None
         query = "SELECT host FROM host_mappings WHERE host = :host"
         while not self.sql("nova_api", query, {"host": COMPUTE_HOST}):
             if time.monotonic() > deadline:
                 raise LabError("the compute host was never mapped to cell1; see "
-                               f"{self.logs / 'nova-compute.log'}")
-            if not discovered and list(self.connection().compute.hypervisors()):
+                               f"{self.logs / 'nova-scheduler.log'}")
+            if nudge is None and list(self.connection().compute.hypervisors()):
+                nudge = time.monotonic() + 10
+            elif nudge is not None and time.monotonic() > nudge:
                 result = self.nova_manage("cell_v2", "discover_hosts", "--verbose")
                 if result.returncode:
                     raise LabError(f"nova-manage cell_v2 discover_hosts failed: {result.stderr}")
-                discovered = True
+                nudge = float("inf")
             time.sleep(0.5)
 
     # ---- services -------------------------------------------------------------------------------
@@ -255,6 +332,8 @@ class CloudLab:
         self._wait_service_state("nova-compute", "up", timeout)
 
     def _spawn(self, name: str) -> None:
+        if self._failed.is_set():
+            raise LabError(f"not starting {name}: another part of the lab failed")
         service = services.service(name, self.venv, self.rundir)
         log = self.logs / f"{name}.log"
         popen, record = procs.spawn(list(service.argv), service.env, log, self.rundir)
@@ -310,11 +389,12 @@ class CloudLab:
     # ---- access for tests -----------------------------------------------------------------------
     def connection(self, cloud: str = "admin") -> openstack.connection.Connection:
         """An openstacksdk Connection for a cloud of clouds.yaml ("admin", "nova-service")."""
-        if cloud not in self._conns:
-            loader = openstack.config.OpenStackConfig(config_files=[str(self.clouds_yaml)])
-            self._conns[cloud] = openstack.connection.Connection(
-                config=loader.get_one(cloud=cloud))
-        return self._conns[cloud]
+        with self._lock:
+            if cloud not in self._conns:
+                loader = openstack.config.OpenStackConfig(config_files=[str(self.clouds_yaml)])
+                self._conns[cloud] = openstack.connection.Connection(
+                    config=loader.get_one(cloud=cloud))
+            return self._conns[cloud]
 
     def nova_manage(self, *args: str) -> subprocess.CompletedProcess:
         """`nova-manage` of the lab's venv with its nova.conf; output captured, rc not checked."""
@@ -428,6 +508,19 @@ class CloudLab:
         result = func(*args)
         self._note(f"{what} ({time.monotonic() - started:.1f} s)")
         return result
+
+
+def _label(argv) -> str:
+    """A setup command for the log: its program and subcommand words (no paths, no URLs)."""
+    words = [Path(str(argv[0])).name]
+    words += [str(a) for a in argv[1:] if not str(a).startswith("-") and "/" not in str(a)]
+    return " ".join(words)
+
+
+def _stop_in_order(records: dict) -> None:
+    """Stop the services, then the bus they use (cinder-scheduler may hang without it)."""
+    procs.stop({k: v for k, v in records.items() if k not in (RABBIT, EPMD)})
+    procs.stop({k: v for k, v in records.items() if k in (RABBIT, EPMD)})
 
 
 def _lab_digest() -> str:

@@ -445,6 +445,11 @@ class LabHost:
         found = self.run(["pgrep", "-x", "sshd"], check=False).stdout.split()
         return listener_pid, [int(p) for p in found if int(p) != listener_pid]
 
+    def ssh_logins(self) -> int:
+        """SSH logins the host's sshd accepted so far (each connection a client opened)."""
+        log = self.run(["cat", "/var/log/sshd.log"], check=False).stdout
+        return log.count("Accepted publickey")
+
     def kill_ssh_sessions(self) -> int:
         """Kill the per-connection sshd processes (not the listener): a dropped transport.
         Returns the number of connections cut."""
@@ -495,6 +500,8 @@ class LabHost:
         """SIGSTOP the domain's QEMU (a stuck VM); returns its pid as the host sees it."""
         pid = int(self.run(["cat", f"/run/libvirt/qemu/{domain_name}.pid"]).stdout.strip())
         self.run(["kill", "-STOP", pid])
+        _poll(lambda: self.run(["ps", "-o", "stat=", "-p", pid]).stdout.startswith("T"),
+              f"{self.name}: QEMU {pid} of {domain_name} did not stop")
         return pid
 
     def _plug(self, vif: dict, vm_uuid: str) -> dict:

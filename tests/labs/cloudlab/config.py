@@ -6,6 +6,8 @@ stores, nova state_path, lock dirs), `logs/`, and `state.json` (see cloudlab.py)
 
 from __future__ import annotations
 
+import base64
+import secrets
 import shutil
 import string
 from pathlib import Path
@@ -26,6 +28,7 @@ CONFIGS = {
     "glance-api.conf": "glance/glance-api.conf",
     "cinder.conf": "cinder/cinder.conf",
     "nova.conf": "nova/nova.conf",
+    "nova-cell0.conf": "nova/nova-cell0.conf",
 }
 # files shipped in <venv>/etc/<service>/ that the services read beside their config
 SHIPPED = {
@@ -61,3 +64,15 @@ def write(rundir: Path, venv: Path, password: str, host: str) -> None:
             shutil.copyfile(venv / "etc" / service / name, etc / service / name)
     for name in DATA_DIRS:
         (data / name).mkdir(parents=True, exist_ok=True)
+    for name in ("fernet-keys", "credential-keys"):
+        _write_keys(data / "keystone" / name)
+
+
+def _write_keys(repository: Path) -> None:
+    """What `keystone-manage fernet_setup` / `credential_setup` write: Fernet keys (32 random
+    bytes, URL-safe base64), "0" the staged one and "1" the primary."""
+    repository.chmod(0o700)
+    for index in ("0", "1"):
+        key = repository / index
+        key.write_bytes(base64.urlsafe_b64encode(secrets.token_bytes(32)))
+        key.chmod(0o600)

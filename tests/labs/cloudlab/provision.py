@@ -3,6 +3,9 @@ network, flavor and image that servers boot from."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import uuid
+
 import sqlalchemy as sa
 
 from cloudlab import config
@@ -19,6 +22,7 @@ ENDPOINTS = (
 )
 NETWORK, SUBNET_CIDR = "cloudlab-net", "192.0.2.0/24"   # TEST-NET-1: never routed anywhere
 FLAVOR, IMAGE = "cloudlab.tiny", "cloudlab-tiny"
+CELL0_UUID = "00000000-0000-0000-0000-000000000000"   # nova.objects.CellMapping.CELL0_UUID
 
 
 def recreate_databases() -> None:
@@ -34,25 +38,50 @@ def recreate_databases() -> None:
         engine.dispose()
 
 
+def map_cells() -> None:
+    """The cell mappings `nova-manage cell_v2 map_cell0` and `create_cell --name cell1` make
+    (two Nova processes less at start): cell0 with Nova's fixed uuid, cell1 on the bus."""
+    engine = sa.create_engine(config.db_url("nova_api"), poolclass=sa.pool.NullPool)
+    insert = sa.text("INSERT INTO cell_mappings (created_at, uuid, name, transport_url, "
+                     "database_connection, disabled) VALUES (UTC_TIMESTAMP(), :uuid, :name, "
+                     ":transport, :db, 0)")
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert, {"uuid": CELL0_UUID, "name": "cell0", "transport": "none:///",
+                                  "db": config.db_url("nova_cell0")})
+            conn.execute(insert, {"uuid": str(uuid.uuid4()), "name": "cell1",
+                                  "transport": config.RABBIT, "db": config.db_url("nova_cell1")})
+    finally:
+        engine.dispose()
+
+
 def create_catalog(conn, password: str) -> None:
     """Project `service`, the service users (roles admin and service), services and endpoints.
 
     `conn` is the admin's connection; keystone-manage bootstrap made the identity entries.
+    The calls run a few at a time (Keystone serves four threads).
     """
     identity = conn.identity
     project = identity.create_project(name="service", domain_id="default")
     roles = [identity.find_role(name, ignore_missing=False) for name in ("admin", "service")]
-    for name in SERVICE_USERS:
-        user = identity.create_user(name=name, password=password, domain_id="default",
-                                    default_project_id=project.id)
+
+    def user(name):
+        created = identity.create_user(name=name, password=password, domain_id="default",
+                                       default_project_id=project.id)
         for role in roles:
-            identity.assign_project_role_to_user(project, user, role)
-    region = "RegionOne"
-    for service_type, name, url in ENDPOINTS:
+            identity.assign_project_role_to_user(project, created, role)
+
+    def endpoints(service_type, name, url):
         service = identity.create_service(type=service_type, name=name, enabled=True)
         for interface in ("public", "internal"):
             identity.create_endpoint(service_id=service.id, interface=interface, url=url,
-                                     region_id=region)
+                                     region_id="RegionOne")
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        jobs = [pool.submit(user, name) for name in SERVICE_USERS]
+        jobs += [pool.submit(endpoints, *entry) for entry in ENDPOINTS]
+        for job in jobs:
+            job.result()
 
 
 def create_network(conn) -> str:

@@ -22,10 +22,10 @@ SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")   # the script itself, no
                                                          # (that one `su`s into a new session)
 
 
-def listening(port: int = PORT) -> bool:
+def listening() -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex(("127.0.0.1", PORT)) == 0
 
 
 def ensure_installed() -> None:

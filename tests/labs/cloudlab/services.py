@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from cloudlab import config
+from cloudlab import config, provision
 
 SHIM_DIR = Path(__file__).resolve().parent
 
@@ -71,6 +71,9 @@ def service(name: str, venv: Path, rundir: Path) -> Service:
                                                                          f"{short}.conf")])
         argv = (venv / "bin" / "gunicorn", "--no-control-socket", "--workers", "1",
                 "--threads", "4", "--bind", f"127.0.0.1:{port}", "--timeout", "300",
+                # longer than any client pause (openstacksdk polls every 2 s): with gunicorn's
+                # 2 s an idle connection is closed just as a client reuses it (reset by peer)
+                "--keep-alive", "75",
                 "--graceful-timeout", "5", "--name", name, "--pythonpath", SHIM_DIR,
                 "cloudlab_wsgi:application")
         return Service(name, argv, env, url=f"http://127.0.0.1:{port}{path}")
@@ -85,20 +88,19 @@ def setup_env(venv: Path, password: str) -> dict:
 
 
 def sync_chains(venv: Path, rundir: Path) -> dict:
-    """Per service, the setup commands to run in order (the chains run in parallel)."""
+    """Per service, the setup steps to run in order (the chains run in parallel): an argv, a
+    list of argvs run at once, or a function called without arguments."""
     bin_, etc = venv / "bin", rundir / "etc"
     keystone = ("--config-file", etc / "keystone/keystone.conf")
     nova = (bin_ / "nova-manage", "--config-file", etc / "nova/nova.conf")
     cinder = ("--config-file", etc / "cinder/cinder.conf")
     neutron = ("--config-file", etc / "neutron/neutron.conf",
                "--config-file", etc / "neutron/plugins/ml2/ml2_conf.ini")
-    root = ("--keystone-user", "root", "--keystone-group", "root")
     identity = "http://127.0.0.1:5000/v3"
     return {
         "keystone": [
+            # (the fernet and credential keys are written by config.write: two processes less)
             (bin_ / "keystone-manage", *keystone, "db_sync"),
-            (bin_ / "keystone-manage", *keystone, "fernet_setup", *root),
-            (bin_ / "keystone-manage", *keystone, "credential_setup", *root),
             (bin_ / "keystone-manage", *keystone, "bootstrap", "--bootstrap-region-id",
              "RegionOne", "--bootstrap-admin-url", identity, "--bootstrap-internal-url", identity,
              "--bootstrap-public-url", identity),
@@ -110,10 +112,12 @@ def sync_chains(venv: Path, rundir: Path) -> dict:
                     "db_sync")],
         "cinder": [(bin_ / "cinder-manage", *cinder, "db", "sync")],
         "nova": [
-            (*nova, "api_db", "sync"),
-            (*nova, "cell_v2", "map_cell0", "--database_connection",
-             config.db_url("nova_cell0")),
-            (*nova, "cell_v2", "create_cell", "--name", "cell1"),
-            (*nova, "db", "sync"),
+            # the three schemas at once (each sync is its own process; cell DBs need no API DB)
+            [(*nova, "api_db", "sync"),
+             (*nova, "db", "sync", "--local_cell"),
+             (*nova, "--config-file", etc / "nova/nova-cell0.conf", "db", "sync",
+              "--local_cell")],
+            # what `cell_v2 map_cell0` and `cell_v2 create_cell --name cell1` insert
+            provision.map_cells,
         ],
     }

@@ -1,0 +1,1 @@
+"""Purges across machines: a TaskFlow jobboard (Redis) of one job per VM, run by conductors."""
