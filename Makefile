@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/novapurge demo
 
 services:
+	bash scripts/host-packages.sh
 	bash scripts/services.sh
 
 test: $(STAMP) services

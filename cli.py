@@ -308,7 +308,7 @@ def submit(app, vm_uuids, from_file, yes, force, skip, delete_volumes, hold, par
               help="A claim not renewed for this long expires and the job goes to another "
                    "conductor [default: [jobboard] claim_expiry, 30]; renewed every third of it.")
 @click.option("--max-jobs", type=click.IntRange(1), default=None, metavar="N",
-              help="Exit after dispatching N jobs (and finishing them) [default: run until "
+              help="Claim at most N jobs, and exit once they are done [default: run until "
                    "SIGTERM].")
 @host_limit_option
 @jobboard_option

@@ -230,7 +230,7 @@ def run_conductor(app, jobs, name=None, claim_expiry=None, max_jobs=None, host_l
     board = open_board(app.settings, persistence=purger.journal.backend,
                        claim_expiry=claim_expiry)
     name = conductor_name(name)
-    worker = PurgeConductor(name, board, purger, jobs=jobs)
+    worker = PurgeConductor(name, board, purger, jobs=jobs, max_jobs=max_jobs)
 
     def stop(signum, _frame):
         output.err_console.print(f"signal {signum}: suspending running VMs after their current "
@@ -241,7 +241,7 @@ def run_conductor(app, jobs, name=None, claim_expiry=None, max_jobs=None, host_l
         output.err_console.print(f"conductor {name}: {jobs} job(s) at once, claims expire after "
                                  f"{board.claim_expiry:g} s", highlight=False)
     try:
-        worker.run(max_dispatches=max_jobs)
+        worker.run()
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -62,6 +62,7 @@ class PurgeJobBoard(impl_redis.RedisJobBoard):
             raise BadInput(f"claim expiry must be at least {MIN_CLAIM_EXPIRY:g} s")
         self.claim_expiry = float(claim_expiry)
         self.on_lost = on_lost
+        self.claims_made = 0
         self._held = {}                  # job uuid -> (job, who)
         self._held_lock = threading.Lock()
         self._keeper = None
@@ -72,6 +73,7 @@ class PurgeJobBoard(impl_redis.RedisJobBoard):
         super().claim(job, who, expiry=self.claim_expiry if expiry is None else expiry)
         with self._held_lock:
             self._held[job.uuid] = (job, who)
+            self.claims_made += 1
         self._start_keeper()
 
     def _forget(self, job):

@@ -45,8 +45,10 @@ def conductor_name(prefix: str | None = None) -> str:
 class PurgeConductor(impl_nonblocking.NonBlockingConductor):
     """Claims purge jobs from the board and runs each VM's flow with the process's drivers."""
 
-    def __init__(self, name, board, purger, jobs=DEFAULT_JOBS, wait_timeout=0.5):
+    def __init__(self, name, board, purger, jobs=DEFAULT_JOBS, wait_timeout=0.5,
+                 max_jobs=None):
         self._purger = purger
+        self._max_jobs = max_jobs     # claim no more than this, stop once they are done
         self._steps = futures.ThreadPoolExecutor(max(1, jobs) * STEP_THREADS_PER_VM,
                                                  thread_name_prefix="step")
         super().__init__(name, board, persistence=purger.journal.backend, engine="parallel",
@@ -55,9 +57,15 @@ class PurgeConductor(impl_nonblocking.NonBlockingConductor):
         self._running = {}            # job uuid -> engine
         self._running_lock = threading.Lock()
         self.outcomes = []            # (job uuid, Outcome) of the jobs this conductor ran
+        self._finished = 0
         board.on_lost = self._claim_lost
 
     # -- TaskFlow's hooks ------------------------------------------------------------------
+    def _can_claim_more_jobs(self, job):
+        if self._max_jobs is not None and self._jobboard.claims_made >= self._max_jobs:
+            return False
+        return super()._can_claim_more_jobs(job)
+
     def _flow_detail_from_job(self, job):
         flow_uuid = (job.details or {}).get("flow_uuid")
         if not flow_uuid:
@@ -74,6 +82,16 @@ class PurgeConductor(impl_nonblocking.NonBlockingConductor):
         return super()._listeners_from_job(job, engine) + [StepListener(engine, _log_step)]
 
     def _dispatch_job(self, job):
+        try:
+            return self._run_job(job)
+        finally:
+            with self._running_lock:
+                self._finished += 1
+                done = self._max_jobs is not None and self._finished >= self._max_jobs
+            if done:
+                self.stop()
+
+    def _run_job(self, job):
         details = job.details or {}
         vm_uuid, purge_id = details.get("vm_uuid"), details.get("purge_id")
         ended = self._purger.journal.flow(details["flow_uuid"]).state
