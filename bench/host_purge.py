@@ -11,8 +11,10 @@ VIF (qbr/qvb/qvo + br-int port), an OVS native VIF (tap on br-int), a multipath 
    imports): discovery, guards, the host chain, the DB steps, the point of no return, the
    quarantine emptied; journal and ledger on a SQLite file. Its wall time, the host's SSH
    connections opened, the round trips it made.
-2. the host is rebuilt as it was, and the commands of the purge that change the host (those in
-   the tool's command history that are not reads) are run again directly, one `exec` each, in
+2. the host is rebuilt as it was, and the commands of the purge that changed the host (those in
+   the tool's command history that are not reads and succeeded: a `ip link del` of a veth's
+   peer already gone with it, or an `iscsiadm --logout` without a session (rc 21), changed
+   nothing and is left out) are run again directly, one `exec` each, in
    the same order over one fresh SSH connection: their own times, summed, are the irreducible
    cost (virsh destroy/undefine, ovs-vsctl del-port, ip link del, iscsiadm update/logout/delete,
    mkdir/mv/rm/rmdir).
@@ -139,7 +141,7 @@ class Bench:
         assert [o.result for o in outcomes] == ["succeeded"], outcomes
         return {"wall": wall, "connections": pool.connections_opened()["cmp1"],
                 "commands": len(history), "round_trips": trips,
-                "changes": [r.argv for r in history if changes_host(r.argv)]}
+                "changes": [r.argv for r in history if changes_host(r.argv) and r.rc == 0]}
 
     def irreducible(self, run: dict, changes: list) -> dict:
         """The tool's host changes, replayed one exec each over one fresh connection."""

@@ -62,23 +62,18 @@ class Libvirt:
 
     def inspect(self, name: str, uuid: str | None = None) -> dict:
         """{"domain": the domain named `name` (see below) or None, "owner": the name of the
-        domain that has `uuid`, if any} -- one round trip.
+        domain that has `uuid`, if any} -- one round trip (two when `name` is missing).
 
         domain: {name, uuid, state, persistent, managed_save, nvram, xml (the persistent
         definition, or the live one of a transient domain)}.
         """
         name = validate.domain_name(name)
-        commands = [(["virsh", "dominfo", name], ANY_RC),
-                    (["virsh", "dumpxml", "--inactive", name], ANY_RC)]
-        if uuid is not None:
-            commands.append((["virsh", "domname", validate.vm_uuid(uuid)], ANY_RC))
-        results = self.runner.run_batch(commands, stop=False)
-        info, xml = results[0], results[1]
-        owner = None
-        if uuid is not None and results[2].rc == 0:
-            owner = results[2].stdout.strip() or None
-        if _missing(info):
-            return {"domain": None, "owner": owner}
+        uuid = None if uuid is None else validate.vm_uuid(uuid)
+        info, xml = self.runner.run_batch([(["virsh", "dominfo", name], ANY_RC),
+                                           (["virsh", "dumpxml", "--inactive", name], ANY_RC)],
+                                          stop=False)
+        if _missing(info):     # is the instance's domain there under another name?
+            return {"domain": None, "owner": None if uuid is None else self.name_of(uuid)}
         for result in (info, xml):
             if result.rc:
                 raise CommandFailed(result)
@@ -90,7 +85,7 @@ class Libvirt:
                   "persistent": fields.get("Persistent") == "yes",
                   "managed_save": fields.get("Managed save") == "yes",
                   "nvram": nvram.strip() if nvram else None, "xml": xml.stdout}
-        return {"domain": domain, "owner": owner}
+        return {"domain": domain, "owner": name if domain["uuid"] == uuid else None}
 
     def domain(self, name: str) -> dict | None:
         """The domain named `name` (see `inspect`), None when no such domain exists."""

@@ -9,8 +9,8 @@ import re
 
 MASK = "***"
 _SECRET_KEY = re.compile(
-    r"(pass(word|wd)?|secret|credential|private_key|^token$|token_hash|auth_key|user_data|"
-    r"^admin_pass$)", re.IGNORECASE)
+    r"(pass(word|wd)?|secret|credential|private_key|^token$|token_hash|console_tokens|auth_key|"
+    r"user_data|^admin_pass$)", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
 

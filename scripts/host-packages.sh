@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(bridge-utils openvswitch-switch openssh-server libvirt-clients libvirt-daemon
-          libvirt-daemon-driver-qemu qemu-system-x86 open-iscsi memcached)
+          libvirt-daemon-driver-qemu qemu-system-x86 open-iscsi memcached iproute2 procps)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

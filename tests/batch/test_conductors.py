@@ -157,12 +157,17 @@ def test_killed_conductor_job_is_resumed_by_another(nova, fleet, cli, board_env,
     first = conductors("--jobs", "2")
     _wait_for(lambda: (_owner(namespace, job) or "").endswith(f":{first.pid}"),
               "the first conductor to claim the job")
-    # mid-flow: the domain is destroyed, the VIF steps are running over the slow host
-    _wait_for(lambda: any(r["atom"].startswith("DestroyDomain:") and r["phase"] == "applied"
-                          for r in journal.ledger(purge_id)), "DestroyDomain to be applied")
     second = conductors("--max-jobs", "1")
-    time.sleep(0.3)
-    first.kill()    # SIGKILL: no chance to release anything
+
+    def in_flight():
+        """A step that recorded its before-state and is changing the host (not applied yet)."""
+        rows = journal.ledger(purge_id)
+        done = {(r["atom"], r["resource"]) for r in rows if r["phase"] == "applied"}
+        return next(((r["atom"], r["resource"]) for r in rows if r["phase"] == "intent"
+                     and r["atom"].startswith("UnplugVif:") and
+                     (r["atom"], r["resource"]) not in done), None)
+    step = _wait_for(in_flight, "UnplugVif to be changing the host")
+    first.kill()    # SIGKILL mid-step: no chance to release anything
     killed_at = time.monotonic()
     assert cli(["status", purge_id, "-f", "json"], env=board_env,
                expect=0).json["vms"][0]["state"] == "INTERRUPTED"
@@ -175,6 +180,10 @@ def test_killed_conductor_job_is_resumed_by_another(nova, fleet, cli, board_env,
     assert status["state"] == "SUCCESS"
     twice = _applied_twice(journal, purge_id)
     assert len(twice) <= 1, twice
+    # the step in flight was finished by the second conductor, from the first's before-state
+    rows = [r for r in journal.ledger(purge_id) if (r["atom"], r["resource"]) == step]
+    assert [(r["phase"], r["pid"]) for r in rows] == [("intent", first.pid),
+                                                      ("applied", second.pid)], rows
     notes = [r for r in journal.ledger(purge_id) if r["outcome"] == "taken-over"]
     assert notes == []  # same machine: the dead conductor's lock was simply stale
     # the end state is that of an uninterrupted purge of the instance

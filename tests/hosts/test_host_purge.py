@@ -279,10 +279,23 @@ def test_failure_after_each_host_step_restores_the_host(estate, step):
 
 
 @pytest.mark.slow
-def test_kill_mid_host_chain_then_resume_equals_an_uninterrupted_purge(estate, helpers):
+def test_failure_after_the_host_chain_restores_every_host_step(estate):
+    before, db = estate.snapshots(), estate.db()
+    result = estate.cli("purge", "--yes", estate.uuid("target"), "--skip", NO_API, "-f", "json",
+                        expect=4, env={"NOVAPURGE_FAULTS": "fail@SoftDeleteInstance:after-change"})
+    assert [vm["result"] for vm in result.json["vms"]] == ["reverted"]
+    assert_hosts(estate.snapshots(), before)
+    assert estate.db() == db
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["DestroyDomain:after-change",
+                                   "DisconnectIscsiTarget:after-change",
+                                   "UndefineDomain:before-change"])
+def test_kill_mid_host_chain_then_resume_equals_an_uninterrupted_purge(estate, point):
     before = estate.snapshots()
     killed = estate.cli("purge", "--yes", estate.uuid("target"), "--skip", NO_API,
-                        env={"NOVAPURGE_FAULTS": "kill@DisconnectIscsiTarget:after-change"})
+                        env={"NOVAPURGE_FAULTS": f"kill@{point}"})
     assert killed.returncode == -9
     purge_id = estate.cli("status", "-f", "json", expect=0).json[-1]["purge_id"]
     estate.cli("resume", purge_id, "-f", "json", expect=0)
