@@ -17,6 +17,7 @@ demo: $(STAMP)
 services:
 	bash scripts/host-packages.sh
 	bash scripts/services.sh
+	bash tests/labs/cloudlab/install.sh
 
 test: $(STAMP) services
 	$(VENV)/bin/pytest

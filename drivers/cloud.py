@@ -269,7 +269,7 @@ class CloudApi:
             api.get, "/attachments", params={"all_tenants": 1, "instance_id": vm},
             microversion=ATTACHMENTS_VERSION).json())
         return [{"attachment_id": a["id"], "volume_id": a["volume_id"], "status": a.get("status")}
-                for a in body.get("attachments", []) if a.get("instance") in (vm, None)]
+                for a in body.get("attachments", []) if a.get("instance") == vm]
 
     def delete_attachment(self, attachment_id) -> bool:
         attachment_id = api_id(attachment_id, "attachment")

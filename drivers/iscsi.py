@@ -1,10 +1,25 @@
 """iSCSI node records and sessions of a compute host, through `iscsiadm` over its runner.
 
 rc 21 is iscsiadm's "no records / no sessions found": for logout and delete it means done.
+iscsiadm keeps one directory per target name, with one entry per portal: two iscsiadm runs on
+the records of one target at once (multipath: one step per portal, in parallel) race and fail
+(rc 6, "could not stat"), so this process runs one iscsiadm node operation per host at a time,
+as os-brick does with its lock.
 """
+
+import threading
+import weakref
 
 from novapurge import validate
 from novapurge.drivers.ssh import CommandFailed
+
+_HOST_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # runner -> Lock
+_LOCKS_LOCK = threading.Lock()
+
+
+def _host_lock(runner) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _HOST_LOCKS.setdefault(runner, threading.Lock())
 
 NOT_FOUND = 21
 # Fields iscsiadm fills itself for a new record: restoring them would fight it.
@@ -50,18 +65,21 @@ class Iscsi:
 
     def __init__(self, runner):
         self.runner = runner
+        self._lock = _host_lock(runner)
 
     def inspect(self, iqn: str, portal: str) -> dict:
         """{"record": the node record with its secrets shown (for revert; the ledger protects
         them) or None, "session": logged in?} -- one round trip."""
-        record, sessions = self.runner.run_batch(
-            [(_node(iqn, portal) + ["-o", "show", "-S"], (0, NOT_FOUND)),
-             (["iscsiadm", "-m", "session"], (0, NOT_FOUND))], stop=False)
+        with self._lock:
+            record, sessions = self.runner.run_batch(
+                [(_node(iqn, portal) + ["-o", "show", "-S"], (0, NOT_FOUND)),
+                 (["iscsiadm", "-m", "session"], (0, NOT_FOUND))], stop=False)
         return {"record": _record(record), "session": _logged_in(sessions, iqn, portal)}
 
     def record(self, iqn: str, portal: str) -> dict | None:
-        return _record(self.runner.run(_node(iqn, portal) + ["-o", "show", "-S"],
-                                       ok_codes=(0, NOT_FOUND)))
+        with self._lock:
+            return _record(self.runner.run(_node(iqn, portal) + ["-o", "show", "-S"],
+                                           ok_codes=(0, NOT_FOUND)))
 
     def logged_in(self, iqn: str, portal: str) -> bool:
         result = self.runner.run(["iscsiadm", "-m", "session"], ok_codes=(0, NOT_FOUND))
@@ -73,26 +91,22 @@ class Iscsi:
         commands = [(startup_manual_argv(iqn, portal), (0,))] if has_record else []
         commands += [(logout_argv(iqn, portal), (0, NOT_FOUND)),
                      (delete_argv(iqn, portal), (0, NOT_FOUND))]
-        self.runner.run_batch(commands)
-
-    def set_startup_manual(self, iqn, portal) -> None:
-        self.runner.run(startup_manual_argv(iqn, portal))
-
-    def logout(self, iqn, portal) -> None:
-        self.runner.run(logout_argv(iqn, portal), ok_codes=(0, NOT_FOUND))
-
-    def delete(self, iqn, portal) -> None:
-        self.runner.run(delete_argv(iqn, portal), ok_codes=(0, NOT_FOUND))
+        with self._lock:
+            self.runner.run_batch(commands)
 
     def restore(self, iqn: str, portal: str, record: dict) -> None:
         """Create the node record again and set every field that differs from a fresh one."""
-        if self.record(iqn, portal) is None:
-            self.runner.run(_node(iqn, portal) + ["-o", "new"])
-        fresh = self.record(iqn, portal) or {}
-        self.runner.run_batch([
-            (_node(iqn, portal) + ["--op", "update", "-n", key, "-v", value], (0,))
-            for key, value in record.items()
-            if key not in _DERIVED and fresh.get(key) != value and value != "<empty>"])
+        node, show = _node(iqn, portal), _node(iqn, portal) + ["-o", "show", "-S"]
+        with self._lock:
+            fresh = _record(self.runner.run(show, ok_codes=(0, NOT_FOUND)))
+            if fresh is None:
+                self.runner.run(node + ["-o", "new"])
+                fresh = _record(self.runner.run(show, ok_codes=(0, NOT_FOUND))) or {}
+            self.runner.run_batch([
+                (node + ["--op", "update", "-n", key, "-v", value], (0,))
+                for key, value in record.items()
+                if key not in _DERIVED and fresh.get(key) != value and value != "<empty>"])
 
     def login(self, iqn, portal) -> None:
-        self.runner.run(_node(iqn, portal) + ["--login"])
+        with self._lock:
+            self.runner.run(_node(iqn, portal) + ["--login"])

@@ -4,8 +4,14 @@ Every command is an argv list, validated and quoted here, so no caller ever buil
 One transport per host is opened lazily and shared by every thread, step and VM of a run; a
 semaphore bounds the commands in flight on it (sshd's MaxSessions caps the channels of one
 connection). Host keys are checked against known_hosts; unknown keys are refused unless the
-operator asked for trust-on-first-use, and a changed key is always refused. The remote side runs
-the quoted line through the user's login shell, which must be POSIX (sh, bash, dash).
+operator asked for trust-on-first-use, and a changed key is always refused.
+
+Round trips: a session channel costs sshd a fork and a shell start (about 45 ms a command), so
+each channel runs `sh` once and then serves one batch of quoted command lines after another
+(`run_batch`: several commands in one round trip, each with its own exit code and output; `run`
+is a batch of one). A shell is pinged before each batch, so a dropped or frozen connection is
+found, and replaced once, before any command is sent; a command given stdin runs on its own
+`exec` channel. The remote login shell must be POSIX (sh, bash, dash).
 """
 
 from __future__ import annotations
@@ -309,6 +315,8 @@ class SshRunner(Runner):
         self._on_new_key = on_new_key
         self._connect_lock = threading.Lock()
         self._client: paramiko.SSHClient | None = None
+        self._idle: list[paramiko.Channel] = []   # shells waiting for their next batch
+        self._idle_lock = threading.Lock()
 
     # ---- connection --------------------------------------------------------------------------
     def _unreachable(self, reason: str) -> HostUnreachable:
@@ -426,12 +434,18 @@ class SshRunner(Runner):
                 LOG.info("%s: SSH connection lost (%s); reconnecting", self.name,
                          str(error) or type(error).__name__)
 
-    def _execute(self, argv, stdin, timeout, script: str | None = None):
+    def _execute(self, argv, stdin, timeout):
+        if stdin is None:
+            return self._execute_batch([(argv, (0,))], False, timeout)[0]
+        return self._exec(argv, stdin, timeout)
+
+    def _exec(self, argv, stdin, timeout):
+        """One command on its own session channel (`exec`), with `stdin` fed to it."""
         channel = self._open_channel()
         deadline = time.monotonic() + timeout
         try:
             channel.settimeout(timeout)
-            channel.exec_command(shlex.join(argv) if script is None else script)
+            channel.exec_command(shlex.join(argv))
             if stdin:
                 channel.sendall(stdin.encode())
             channel.shutdown_write()
@@ -451,18 +465,37 @@ class SshRunner(Runner):
             raise self._unreachable(f"connection lost while running {argv[0]}")
         return rc, stdout, stderr
 
+    # A session channel running `sh` serves one batch after another: no new session (sshd's
+    # fork, the login shell's start, about 45 ms) per round trip. A shell is pinged before each
+    # use, so a dead or frozen connection is found (and replaced) before any command is sent.
     def _execute_batch(self, commands, stop, timeout):
-        """One channel, one shell: each command's exit code and output are framed by a random
-        marker line (on stdout and on stderr), so the outputs split back exactly."""
-        marker = secrets.token_hex(16)
-        lines = []
+        """Each command's exit code and output are framed by a random marker line (on stdout
+        and on stderr), so the outputs split back exactly; the batch runs in a subshell (the
+        `exit` of a stopped batch ends that, not the shell) and ends with an end marker."""
+        marker, end = secrets.token_hex(16), secrets.token_hex(16)
+        lines = ["("]
         for argv, ok_codes in commands:
             lines.append(f"{shlex.join(argv)} </dev/null; r=$?; printf '\\n{marker} %d\\n' \"$r\"; "
                          f"printf '\\n{marker}\\n' >&2")
             if stop:
                 lines.append(f"case $r in {'|'.join(str(int(c)) for c in ok_codes)}) ;; "
                              f"*) exit 0 ;; esac")
-        rc, stdout, stderr = self._execute(("batch",), None, timeout, script="\n".join(lines))
+        lines += [")", f"printf '\\n{end}\\n'; printf '\\n{end}\\n' >&2", ""]
+        tail = f"\n{end}\n".encode()
+        shell = self._shell()
+        deadline = time.monotonic() + timeout
+        try:
+            shell.sendall("\n".join(lines).encode())
+            out, err = _read_until(shell, deadline, tail, tail)
+        except _TimedOut:
+            shell.close()                 # a shell busy with a hung command is not reused
+            raise
+        except (_Lost, EOFError, paramiko.SSHException, OSError) as error:
+            shell.close()
+            raise self._unreachable(f"connection lost while running {commands[0][0][0]}: "
+                                    f"{str(error) or type(error).__name__}") from None
+        self._release(shell)
+        stdout, stderr = _text([out[:-len(tail)]]), _text([err[:-len(tail)]])
         outs = re.split(rf"\n{marker} (-?\d+)\n", stdout)
         errs = stderr.split(f"\n{marker}\n")
         answers = [(int(outs[i + 1]), outs[i], errs[i // 2] if i // 2 < len(errs) else "")
@@ -470,14 +503,95 @@ class SshRunner(Runner):
         if len(answers) < len(commands) and (not stop or not answers
                                             or answers[-1][0] in commands[len(answers) - 1][1]):
             raise self._unreachable(f"a batch of {len(commands)} commands stopped after "
-                                    f"{len(answers)} (rc {rc}): {stderr[-200:].strip()}")
+                                    f"{len(answers)}: {stderr[-200:].strip()}")
         return answers
+
+    def _shell(self) -> paramiko.Channel:
+        """A live shell that just answered; a dead or frozen connection is replaced once."""
+        for attempt in (1, 2):
+            shell = self._take_idle()
+            if shell is None:
+                shell = self._open_channel()
+                try:
+                    shell.exec_command("sh")
+                except (EOFError, paramiko.SSHException, OSError) as error:
+                    shell.close()
+                    self._drop(shell.get_transport())
+                    if attempt == 2:
+                        raise self._unreachable(f"cannot start a shell: {error}") from None
+                    continue
+            answered, why = self._ping(shell)
+            if answered:
+                return shell
+            shell.close()
+            transport = shell.get_transport()
+            if answered is None or not transport.is_active():
+                self._drop(transport)              # frozen or gone: its other shells too
+            if attempt == 2:
+                raise self._unreachable(f"its shell {why}")
+            LOG.info("%s: SSH connection %s; reconnecting", self.name, why)
+
+    def _ping(self, shell) -> tuple[bool | None, str]:
+        """(True, "") when the shell answered; (None, why) when it did not in time (a frozen
+        connection); (False, why) when it is gone."""
+        token = secrets.token_hex(8)
+        try:
+            shell.sendall(f"printf '%s\\n' {token}\n".encode())
+            _read_until(shell, time.monotonic() + self.options.connect_timeout,
+                        f"{token}\n".encode(), None)
+            return True, ""
+        except _TimedOut:
+            return None, f"did not answer within {self.options.connect_timeout:g} s"
+        except (_Lost, EOFError, paramiko.SSHException, OSError) as error:
+            return False, f"was lost ({str(error) or type(error).__name__})"
+
+    def _take_idle(self) -> paramiko.Channel | None:
+        with self._idle_lock:
+            while self._idle:
+                shell = self._idle.pop()
+                transport = shell.get_transport()
+                if transport is not None and transport.is_active() and not (
+                        shell.closed or shell.eof_received or shell.exit_status_ready()):
+                    return shell
+                shell.close()
+        return None
+
+    def _release(self, shell) -> None:
+        with self._idle_lock:
+            self._idle.append(shell)
 
     def close(self) -> None:
         with self._connect_lock:
+            with self._idle_lock:
+                self._idle.clear()
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+class _Lost(Exception):
+    """Internal: the channel ended (EOF) before the expected output."""
+
+
+def _read_until(channel: paramiko.Channel, deadline: float, out_tail: bytes,
+                err_tail: bytes | None) -> tuple[bytes, bytes]:
+    """stdout and stderr, read together, until stdout ends with `out_tail` and stderr with
+    `err_tail` (None: stderr is not waited for). _Lost at EOF, _TimedOut at the deadline."""
+    out, err = bytearray(), bytearray()
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    while True:
+        while channel.recv_ready():
+            out += channel.recv(_CHUNK)
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(_CHUNK)
+        if out.endswith(out_tail) and (err_tail is None or err.endswith(err_tail)):
+            return bytes(out), bytes(err)
+        if channel.eof_received or channel.closed:
+            raise _Lost("end of output")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            raise _TimedOut(_text([out]), _text([err]))
 
 
 def _read_all(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from novapurge.errors import BadInput, Refused
 from novapurge.flows.batch import DEFAULT_PARALLEL, Batch, Outcome
 from novapurge.flows.finalize import suspend_failed_finalize
 from novapurge.flows.listeners import StepListener
-from novapurge.flows.naming import step_of
+from novapurge.flows.naming import atom_name, step_of
 from novapurge.flows.purge import DELETE_VOLUMES, flow_shape, purge_flow, steps_in_order
 from novapurge.tasks.discovery import discover_facts
 from novapurge.tasks.guards import check_guards
@@ -421,8 +421,19 @@ def engine_outcome(engine, vm_uuid: str) -> Outcome:
         return Outcome(vm_uuid, "suspended", suspended["reason"], suspended["step"])
     state = engine.storage.get_flow_state()
     failed = failed_step(engine.storage)
+    if state == states.SUSPENDED and not failed and _held(engine.storage, vm_uuid):
+        return Outcome(vm_uuid, "suspended", "held at the point of no return (--hold): `resume` "
+                       "finalizes, `rollback` undoes")
     return Outcome(vm_uuid, _OUTCOME.get(state, state.lower()),
                    failed[1] if failed else "", failed[0] if failed else None)
+
+
+def _held(storage, vm_uuid: str) -> bool:
+    """Did `purge --hold` stop this VM at its point of no return?"""
+    point = atom_name(PassPointOfNoReturn.step(), vm_uuid)
+    if storage.get_atom_state(point) != states.SUCCESS:
+        return False
+    return bool((storage.get(point) or {}).get("hold"))
 
 
 class OpenedBook:

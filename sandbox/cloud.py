@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -294,9 +295,14 @@ class SandboxCloud:
             others = [s for s in state["down"] if s != service]
             state["down"] = sorted(others + [service]) if down else others
 
+    def set_latency(self, seconds: float) -> None:
+        """Every later call takes `seconds` longer, spent outside the lock (benchmarks)."""
+        with self._change() as state:
+            state["latency"] = float(seconds)
+
     def snapshot(self) -> dict:
         """The whole state, for tests asserting exact end states."""
-        return self._read()
+        return {k: v for k, v in self._read().items() if k != "latency"}
 
     # ---- the state file -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -307,7 +313,9 @@ class SandboxCloud:
 
     def _read(self) -> dict:
         with self._locked(exclusive=False):
-            return self._load()
+            state = self._load()
+        self._pause(state)
+        return state
 
     @contextlib.contextmanager
     def _change(self):
@@ -316,6 +324,13 @@ class SandboxCloud:
             state = self._load()
             yield state
             self._save(state)
+        self._pause(state)
+
+    @staticmethod
+    def _pause(state: dict) -> None:
+        """The simulated API latency (set_latency), after the lock is released."""
+        if state.get("latency"):
+            time.sleep(state["latency"])
 
     def _load(self) -> dict:
         return json.loads(self.path.read_text("utf-8"))

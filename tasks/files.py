@@ -3,15 +3,11 @@
 from novapurge.drivers.files import Files, move_argv, remove_argv
 from novapurge.errors import Refused
 from novapurge.tasks.base import HostTask
-from novapurge.tasks.hostfacts import TRASH_DIR, trash_dir
+from novapurge.tasks.hostfacts import TRASH_DIR, trash_dir, trash_parents
 
 
 def _kept(trash, path):
     return f"{trash}/{path.rsplit('/', 1)[1]}"
-
-
-def _parent(path):
-    return path.rsplit("/", 1)[0]
 
 
 class QuarantineInstanceDirs(HostTask):
@@ -24,11 +20,11 @@ class QuarantineInstanceDirs(HostTask):
 
     def execute(self, purge_id, vm_uuid, facts):
         files, host = Files(self.runner(facts)), facts["host"]
-        ledger, trash = self.ledger(purge_id, vm_uuid), trash_dir(host, purge_id)
+        ledger, trash = self.ledger(purge_id, vm_uuid), trash_dir(host, purge_id, vm_uuid)
         resource, root = f"dirs:{vm_uuid}", host["instances_path"]
         kept = {p: _kept(trash, p) for p in host["dirs"]}
-        seen = files.inspect([root, _parent(trash), trash, *host["dirs"], *kept.values()],
-                             listed=host["dirs"])
+        seen = files.inspect([root, *trash_parents(trash), trash, *host["dirs"],
+                              *kept.values()], listed=host["dirs"])
         found = {p: {"stat": {k: seen[p][k] for k in ("device", "kind")},
                      "listing": seen[p]["listing"]} for p in host["dirs"] if seen[p]}
         self._check_one_filesystem(seen, root, trash, list(found))
@@ -46,7 +42,7 @@ class QuarantineInstanceDirs(HostTask):
     @staticmethod
     def _check_one_filesystem(seen, root, trash, paths):
         device = seen[root]["device"] if seen[root] else None
-        for path in [trash, _parent(trash), *paths]:
+        for path in [trash, *trash_parents(trash), *paths]:
             if seen[path] and seen[path]["device"] != device:
                 raise Refused(f"{path} is not on the filesystem of {root}: moving it to the "
                               f"quarantine would copy it; nothing was moved")
@@ -62,12 +58,12 @@ class QuarantineInstanceDirs(HostTask):
         moves = [(_kept(trash, p), p) for p in paths if seen[_kept(trash, p)] and not seen[p]]
         if moves:
             files.move_all(moves)
-        files.remove_trees([], then_rmdir=[trash, _parent(trash)])
+        files.remove_trees([], then_rmdir=[trash, *trash_parents(trash)])
         ledger.record_reverted(self.name, f"dirs:{vm_uuid}", {"restored": sorted(paths)},
                                target=self.target(facts))
 
     def describe(self, facts):
-        trash = f"{facts['host']['instances_path']}/{TRASH_DIR}/<purge>"
+        trash = f"{facts['host']['instances_path']}/{TRASH_DIR}/<purge>/{facts['vm_uuid']}"
         return [{"target": self.target(facts),
                  "command": f"mv --no-target-directory --no-clobber {p} {_kept(trash, p)}",
                  "why": "quarantine (if present); removed after the point of no return"}
@@ -84,19 +80,19 @@ class EmptyQuarantine(HostTask):
 
     def execute(self, purge_id, vm_uuid, facts):
         files, host = Files(self.runner(facts)), facts["host"]
-        trash = trash_dir(host, purge_id)
+        trash = trash_dir(host, purge_id, vm_uuid)
         kept = [_kept(trash, p) for p in host["dirs"]] + [f"{trash}/{vm_uuid}.nvram"]
         ledger = self.ledger(purge_id, vm_uuid)
         seen = files.inspect(kept, listed=kept)
         present = {p: seen[p].get("listing", []) for p in kept if seen[p]}
         ledger.record_before(self.name, f"trash:{vm_uuid}", {"removed": present},
                              target=self.target(facts), argv=[" ".join(remove_argv(p)) for p in kept])
-        files.remove_trees(list(present), then_rmdir=[trash, _parent(trash)])
+        files.remove_trees(list(present), then_rmdir=[trash, *trash_parents(trash)])
         ledger.record_after(self.name, f"trash:{vm_uuid}", {"removed": sorted(present)},
                             target=self.target(facts))
         return {"removed": sorted(present)}
 
     def describe(self, facts):
-        trash = f"{facts['host']['instances_path']}/{TRASH_DIR}/<purge>"
+        trash = f"{facts['host']['instances_path']}/{TRASH_DIR}/<purge>/{facts['vm_uuid']}"
         return [{"target": self.target(facts), "command": f"rm -rf --one-file-system -- {_kept(trash, p)}",
                  "why": "empty the quarantine (irreversible)"} for p in facts["host"]["dirs"]]

@@ -89,6 +89,15 @@ def host_facts(instance: dict, network_info: list, bdms: list, domain_name: str,
             "dirs": [f"{root}/{vm_uuid}{suffix}" for suffix in DIR_SUFFIXES]}
 
 
-def trash_dir(host: dict, purge_id: str) -> str:
-    """Where one purge quarantines instance dirs: beside them, so a move stays on one filesystem."""
-    return f"{host['instances_path']}/{TRASH_DIR}/{validate.purge_id(purge_id)}"
+def trash_dir(host: dict, purge_id: str, vm_uuid: str) -> str:
+    """Where one purge quarantines one instance's dirs: beside them, so a move stays on one
+    filesystem; one dir per instance, so VMs of a batch on the same host never remove the dir
+    another one is moving into (each removes only its own, and its parents when empty)."""
+    return (f"{host['instances_path']}/{TRASH_DIR}/{validate.purge_id(purge_id)}/"
+            f"{validate.vm_uuid(vm_uuid)}")
+
+
+def trash_parents(trash: str) -> list:
+    """The trash dir's own parents up to the instances path: the purge's, then the root one."""
+    purge = trash.rsplit("/", 1)[0]
+    return [purge, purge.rsplit("/", 1)[0]]

@@ -149,11 +149,12 @@ class UndefineDomain(HostTask):
 
     @staticmethod
     def _nvram_copy(facts, purge_id):
-        return f"{trash_dir(facts['host'], purge_id)}/{facts['vm_uuid']}.nvram"
+        return f"{trash_dir(facts['host'], purge_id, facts['vm_uuid'])}/{facts['vm_uuid']}.nvram"
 
     def _nvram_moves(self, runner, facts, purge_id, nvram) -> list:
         """The commands that move the NVRAM file into the quarantine (none if already done)."""
-        trash, kept = trash_dir(facts["host"], purge_id), self._nvram_copy(facts, purge_id)
+        trash = trash_dir(facts["host"], purge_id, facts["vm_uuid"])
+        kept = self._nvram_copy(facts, purge_id)
         found = Files(runner).inspect([nvram, kept])
         if not found[nvram] or found[kept]:
             return []

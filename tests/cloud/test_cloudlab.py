@@ -1,5 +1,6 @@
 """The lab itself: a server booted as a user would is real everywhere (Nova, Neutron, Cinder,
-Placement), compute goes down and up, shelve offload leaves a snapshot, archiving works."""
+Placement), shelve offload leaves a snapshot, archiving works. (nova-compute going down and up
+is exercised by the compute-down purge in test_service_purge.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import secrets
 
 import pytest
 
-pytestmark = pytest.mark.cloud
+pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
 RUN = secrets.token_hex(3)       # server names of this session (a kept lab outlives sessions)
 
@@ -63,17 +64,3 @@ def test_archive_deleted_rows_moves_a_deleted_server(cloudlab):
     assert cloudlab.sql("nova_cell1", query.format("instances"), {"uuid": server_id}) == [{"n": 0}]
     assert cloudlab.sql("nova_cell1", query.format("shadow_instances"),
                         {"uuid": server_id}) == [{"n": 1}]
-
-
-def test_compute_goes_down_and_comes_back(cloudlab):
-    conn = cloudlab.connection()
-    try:
-        cloudlab.stop_service("nova-compute")
-        cloudlab.wait_compute_down()
-        [service] = conn.compute.services(binary="nova-compute", host=cloudlab.compute_host)
-        assert service.state == "down"
-    finally:
-        cloudlab.start_service("nova-compute")    # later tests need it, whatever happened
-    cloudlab.wait_compute_up()
-    [service] = conn.compute.services(binary="nova-compute", host=cloudlab.compute_host)
-    assert service.state == "up"

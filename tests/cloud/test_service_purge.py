@@ -201,10 +201,14 @@ def test_compute_down_local_delete_equivalent(cloudlab, purge_cli):
     cloudlab.stop_service("nova-compute")
     try:
         cloudlab.wait_compute_down()
+        [service] = conn.compute.services(binary="nova-compute", host=cloudlab.compute_host)
+        assert service.state == "down"
         conn.compute.reset_server_state(server["id"], "error")
         _purge(purge_cli, server["id"])
     finally:
-        cloudlab.start_service("nova-compute")
+        cloudlab.start_service("nova-compute")    # later tests need it, whatever happened
+    [service] = conn.compute.services(binary="nova-compute", host=cloudlab.compute_host)
+    assert service.state == "up"
     assert_purged(conn, server)
     assert_archived(cloudlab, server["id"])
 

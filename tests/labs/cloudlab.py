@@ -3,9 +3,12 @@ Cinder and Nova from PyPI (pinned by cloud-constraints.txt), Nova booting on its
 
 `CloudLab().start()` installs the services' venv when missing (see cloudlab/venv.py), writes the
 configs under one run dir, recreates the `cl_*` databases on the machine's MariaDB, syncs them in
-parallel, starts every service and provisions a network, a flavor and an image. `stop()` kills
-every process it started. With NOVAPURGE_CLOUDLAB_KEEP=1 `stop()` leaves the lab running and the
-next `start()` reuses it while it is healthy (developer iteration).
+parallel, starts every service and provisions a network, a flavor and an image (one chain per
+service, about a minute). `stop()` kills every process it started, RabbitMQ included when the lab
+started it; a failed `start()` does the same. With NOVAPURGE_CLOUDLAB_KEEP=1 `stop()` leaves the
+lab running and the next `start()` reuses it while it is healthy and its configs are unchanged
+(developer iteration). The ports are fixed, so one lab runs per machine: a second session waits
+for the first one's `stop()` (LOCK_PATH).
 
 The parts live in the folder beside this module (configs, processes, services, provisioning).
 """
@@ -15,11 +18,13 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import datetime as dt
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +42,7 @@ from cloudlab import venv as lab_venv  # noqa: E402
 from cloudlab.procs import LabError  # noqa: E402
 
 DEFAULT_RUNDIR = Path("/tmp/novapurge-cloudlab")
+LOCK_PATH = Path("/tmp/novapurge-cloudlab.lock")   # held by the session whose lab runs
 KEEP_ENV = "NOVAPURGE_CLOUDLAB_KEEP"
 COMPUTE_HOST = "cloudlab"
 CINDER_VOLUME_HOST = f"{COMPUTE_HOST}@fake"
@@ -86,6 +92,7 @@ class CloudLab:
         self._ready: dict = {}
         self._failed = threading.Event()
         self._epmd_before = None
+        self._lock_file = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> CloudLab:
@@ -93,6 +100,7 @@ class CloudLab:
         if self._state is not None:
             return self
         started = time.monotonic()
+        self._take_machine_lock()
         self.venv = lab_venv.ensure()
         if not (keep_running() and self._reuse()):
             self._stop_recorded()
@@ -100,6 +108,7 @@ class CloudLab:
                 self._fresh_start()
             except BaseException:
                 self._kill_all()
+                self._release_machine_lock()
                 raise
         self.start_seconds = round(time.monotonic() - started, 1)
         self._note(f"lab ready in {self.start_seconds} s")
@@ -116,8 +125,34 @@ class CloudLab:
         self._engines.clear()
         if self._state is None or keep_running():
             self._state = None
+            self._release_machine_lock()
             return
         self._kill_all()
+        self._release_machine_lock()
+
+    def _take_machine_lock(self) -> None:
+        """One lab per machine (its ports are fixed): a second session waits for the first to
+        stop its lab instead of killing it. The kernel drops the lock of a dead process."""
+        if self._lock_file is not None:
+            return
+        self._lock_file = open(LOCK_PATH, "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            print(f"cloudlab: waiting for the lab of {holder} to stop ({LOCK_PATH})",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"pid {os.getpid()}\n")
+        self._lock_file.flush()
+
+    def _release_machine_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()          # closing the file releases the flock
+            self._lock_file = None
 
     def _close_connections(self) -> None:
         with self._lock:
@@ -460,7 +495,9 @@ class CloudLab:
             raise LabError(f"no snapshot image of shelved server {server_id} in Glance")
         image = images[-1]
         if image.status == "queued":
-            # the fake hypervisor uploads nothing; a real one leaves an active snapshot
+            # the fake hypervisor uploads nothing; a real one sets the formats, uploads the
+            # disk and leaves an active snapshot
+            conn.image.update_image(image, disk_format="raw", container_format="bare")
             response = conn.image.put(f"/images/{image.id}/file", data=b"\0" * 1024,
                                       headers={"Content-Type": "application/octet-stream"})
             if response.status_code >= 400:
