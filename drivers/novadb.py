@@ -48,6 +48,7 @@ class NovaDatabase:
         self._tables = None
         self._columns = {}
         self._keys = {}
+        self._clauses = {}   # table name -> its TableClause (built once: statements reuse it)
         try:
             with self.engine.connect():
                 pass
@@ -84,11 +85,14 @@ class NovaDatabase:
         On SQLite a table keyed by anything but `id` also shows its hidden rowid, so a deleted
         row is re-inserted where it was (the file's own order stays byte-identical).
         """
-        validate.identifier(name, "table name")
-        columns = list(self.columns(name))
-        if self.dialect == "sqlite" and self.primary_key(name) != ["id"]:
-            columns.append("rowid")
-        return sa.table(name, *(sa.column(c) for c in columns))
+        clause = self._clauses.get(name)
+        if clause is None:
+            validate.identifier(name, "table name")
+            columns = list(self.columns(name))
+            if self.dialect == "sqlite" and self.primary_key(name) != ["id"]:
+                columns.append("rowid")
+            clause = self._clauses[name] = sa.table(name, *(sa.column(c) for c in columns))
+        return clause
 
     def select(self, conn, name: str, where: dict, *, for_update=False) -> list:
         """Rows of `name` matching `where` (column: value, None meaning IS NULL) in key order."""

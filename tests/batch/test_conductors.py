@@ -234,7 +234,7 @@ def test_two_conductors_share_a_batch(nova, fleet, cli, board_env, conductors, j
                                                                     "--max-jobs", "3")
     ran = a.finish()["jobs"] + b.finish()["jobs"]
     assert sorted(j["vm_uuid"] for j in ran) == sorted(i["uuid"] for i in infos)
-    assert {j["result"] for j in ran} == {"succeeded"}
+    assert {j["result"] for j in ran} == {"succeeded"}, [j for j in ran if j["message"]]
     status = cli(["status", purge_id, "-f", "json"], env=board_env, expect=0).json
     states = {vm["vm_uuid"]: vm["state"] for vm in status["vms"]}
     assert states.pop(healthy) == "REFUSED" and set(states.values()) == {"SUCCESS"}

@@ -17,7 +17,7 @@ from novapurge.persistence.ledger import Actor
 from novapurge.sandbox.cloud import SandboxCloud
 from novapurge.sandbox.hosts import SimHost, SimHosts
 
-LATENCY = 0.1
+LATENCY = 0.05
 
 
 @pytest.fixture

@@ -93,6 +93,7 @@ class CloudLab:
         self._failed = threading.Event()
         self._epmd_before = None
         self._lock_file = None
+        self._setup = procs.Running()   # setup commands (killed when the start fails)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> CloudLab:
@@ -221,6 +222,7 @@ class CloudLab:
         env = services.setup_env(self.venv, password)
         chains = services.sync_chains(self.venv, self.rundir)
         self._ready = {name: threading.Event() for name in [*chains, "catalog"]}
+        self._setup = procs.Running()
         self._failed = threading.Event()
         ids = {}
         with concurrent.futures.ThreadPoolExecutor(len(chains)) as pool:
@@ -231,6 +233,7 @@ class CloudLab:
                     job.result()
             except BaseException:
                 self._failed.set()
+                self._setup.cancel()             # the other chains' setup commands
                 _stop_in_order(self._state["procs"])
                 raise
         self._set_ids(ids)
@@ -248,7 +251,8 @@ class CloudLab:
             group = step if isinstance(step, list) else [step]
             with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
                 for job in [pool.submit(self._timed, f"{chain}: {_label(argv)}", procs.run,
-                                        list(argv), env, log) for argv in group]:
+                                        list(argv), env, log, 600, self._setup)
+                            for argv in group]:
                     job.result()
         api = AFTER_SYNC[chain]
         self._spawn(api)

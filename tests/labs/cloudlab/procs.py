@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,14 +63,54 @@ def spawn(argv: list, env: dict, log: Path, cwd: Path) -> tuple[subprocess.Popen
     return proc, {"pid": proc.pid, "start": started}
 
 
-def run(argv: list, env: dict, log: Path, timeout: float = 600) -> None:
+class Running:
+    """The setup commands under way, so that a failing start can kill them all at once (and
+    kills any started after that at once)."""
+
+    def __init__(self):
+        self._procs: set = set()
+        self._lock = threading.Lock()
+        self.cancelled = False
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            if self.cancelled:
+                proc.kill()
+            else:
+                self._procs.add(proc)
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for proc in self._procs:
+                proc.kill()
+
+
+def run(argv: list, env: dict, log: Path, timeout: float = 600,
+        running: Running | None = None) -> None:
     """Run one setup command to completion, output appended to `log`; LabError when it fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"$ {' '.join(map(str, argv[:3]))} ...\n".encode())
         out.flush()
-        proc = subprocess.run([str(a) for a in argv], env=env, stdin=subprocess.DEVNULL,
-                              stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+        proc = subprocess.Popen([str(a) for a in argv], env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
+        if running is not None:
+            running.add(proc)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise LabError(f"{Path(str(argv[0])).name} {argv[1:3]} took over {timeout:.0f} s; "
+                           f"{log}:\n{tail(log)}") from None
+        finally:
+            if running is not None:
+                running.discard(proc)
     if proc.returncode:
         raise LabError(f"{Path(str(argv[0])).name} {argv[1:3]} failed (rc {proc.returncode}); "
                        f"{log}:\n{tail(log)}")
