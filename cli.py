@@ -185,6 +185,16 @@ def plan(app, vm_uuids, force, skip, delete_volumes, graph):
     show_plan(app, vm_uuids, force, skip, graph, delete_volumes)
 
 
+yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+
+
+def from_file_option(verb: str):
+    return click.option(
+        "--from-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+        help=f"Also {verb} the instance UUIDs listed in FILE (one per line, # comments; "
+             "- reads standard input).")
+
+
 parallel_option = click.option(
     "--parallel", type=click.IntRange(1, 512), default=None, metavar="N",
     help="VMs worked on at once, each by its own engine, so one VM's failure never touches "
@@ -197,10 +207,8 @@ host_limit_option = click.option(
 
 @main.command()
 @click.argument("vm_uuids", nargs=-1, metavar="UUID...")
-@click.option("--from-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
-              help="Also purge the instance UUIDs listed in FILE (one per line, # comments; "
-                   "- reads standard input).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@from_file_option("purge")
+@yes_option
 @force_option
 @skip_option
 @delete_volumes_option
@@ -250,7 +258,7 @@ def resume(app, purge_id, take_over, parallel, host_limit):
 
 @main.command()
 @click.argument("purge_id")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 @take_over_option
 @parallel_option
 @host_limit_option
@@ -272,10 +280,8 @@ jobboard_option = click.option(
 
 @main.command()
 @click.argument("vm_uuids", nargs=-1, metavar="UUID...")
-@click.option("--from-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
-              help="Also submit the instance UUIDs listed in FILE (one per line, # comments; "
-                   "- reads standard input).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@from_file_option("submit")
+@yes_option
 @force_option
 @skip_option
 @delete_volumes_option

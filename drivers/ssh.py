@@ -17,6 +17,7 @@ found, and replaced once, before any command is sent; a command given stdin runs
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -187,25 +188,32 @@ class Runner:
         self._count_lock = threading.Lock()
         self._in_flight = 0
 
-    def run(self, argv, *, stdin: str | None = None, timeout: float | None = None,
-            ok_codes=(0,)) -> CommandResult:
-        """Run argv; CommandFailed unless its exit code is in ok_codes. stdin is never logged."""
-        argv = _checked(argv)
-        timeout = self.options.command_timeout if timeout is None else timeout
+    @contextlib.contextmanager
+    def _channel(self):
+        """One of the host's max_channels slots for one round trip, counted for the figures."""
         with self._slots:
             with self._count_lock:
                 self._in_flight += 1
                 self.round_trips += 1
                 self.peak_channels = max(self.peak_channels, self._in_flight)
+            try:
+                yield
+            finally:
+                with self._count_lock:
+                    self._in_flight -= 1
+
+    def run(self, argv, *, stdin: str | None = None, timeout: float | None = None,
+            ok_codes=(0,)) -> CommandResult:
+        """Run argv; CommandFailed unless its exit code is in ok_codes. stdin is never logged."""
+        argv = _checked(argv)
+        timeout = self.options.command_timeout if timeout is None else timeout
+        with self._channel():
             started = time.monotonic()
             try:
                 rc, stdout, stderr = self._execute(argv, stdin, timeout)
                 timed_out = False
             except _TimedOut as partial:
                 rc, stdout, stderr, timed_out = -1, partial.stdout, partial.stderr, True
-            finally:
-                with self._count_lock:
-                    self._in_flight -= 1
         result = CommandResult(self.name, argv, rc, stdout, stderr,
                                round(time.monotonic() - started, 3))
         self.history.append(result)
@@ -230,20 +238,13 @@ class Runner:
         if not commands:
             return []
         timeout = self.options.command_timeout if timeout is None else timeout
-        with self._slots:
-            with self._count_lock:
-                self._in_flight += 1
-                self.round_trips += 1
-                self.peak_channels = max(self.peak_channels, self._in_flight)
+        with self._channel():
             started = time.monotonic()
             try:
                 answers = self._execute_batch(commands, stop, timeout)
                 timed_out = None
             except _TimedOut as partial:
                 answers, timed_out = [], partial
-            finally:
-                with self._count_lock:
-                    self._in_flight -= 1
         seconds = round(time.monotonic() - started, 3)
         results = [CommandResult(self.name, argv, rc, out, err, seconds, len(commands))
                    for (argv, _), (rc, out, err) in zip(commands, answers)]
@@ -647,11 +648,14 @@ class HostPool:
         """The host's runner; an unconfigured host is reached over SSH at its own name."""
         with self._lock:
             if host_name not in self._runners:
-                address = self._hosts.get(host_name) or HostAddress(host_name)
-                self._runners[host_name] = (
-                    LocalRunner(address.name, self.options) if address.runner == "local"
-                    else SshRunner(address, self.options, self._on_new_key))
+                self._runners[host_name] = self._new_runner(host_name)
             return self._runners[host_name]
+
+    def _new_runner(self, host_name: str) -> Runner:
+        address = self._hosts.get(host_name) or HostAddress(host_name)
+        if address.runner == "local":
+            return LocalRunner(address.name, self.options)
+        return SshRunner(address, self.options, self._on_new_key)
 
     def connections_opened(self) -> dict[str, int]:
         with self._lock:

@@ -7,11 +7,7 @@ including their refusals and conflicts, and a service can be taken down to injec
 """
 
 import contextlib
-import fcntl
-import json
-import os
 import secrets
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +15,7 @@ from pathlib import Path
 from novapurge import validate
 from novapurge.drivers.cloud import api_id, http_error, unbound_profile
 from novapurge.errors import BadInput
+from novapurge.sandbox.statefile import StateFile
 
 SERVICES = ("compute", "network", "placement", "image", "volume")
 _EMPTY = {"down": [], "servers": {}, "ports": {}, "volumes": {}, "images": {}, "allocations": {}}
@@ -37,10 +34,7 @@ class SandboxCloud:
 
     def __init__(self, state_path):
         self.path = Path(state_path)
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
-        with self._locked(exclusive=True):
-            if not self.path.exists():
-                self._save(_EMPTY)
+        self._state = StateFile(self.path, _EMPTY)
 
     # ---- compute --------------------------------------------------------------------------
     def server(self, vm_uuid) -> dict | None:
@@ -305,25 +299,16 @@ class SandboxCloud:
         return {k: v for k, v in self._read().items() if k != "latency"}
 
     # ---- the state file -------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool):
-        with open(self._lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-
     def _read(self) -> dict:
-        with self._locked(exclusive=False):
-            state = self._load()
+        state = self._state.read()
         self._pause(state)
         return state
 
     @contextlib.contextmanager
     def _change(self):
         """The state to modify in place; written back only when the block succeeds."""
-        with self._locked(exclusive=True):
-            state = self._load()
+        with self._state.change() as state:
             yield state
-            self._save(state)
         self._pause(state)
 
     @staticmethod
@@ -331,19 +316,6 @@ class SandboxCloud:
         """The simulated API latency (set_latency), after the lock is released."""
         if state.get("latency"):
             time.sleep(state["latency"])
-
-    def _load(self) -> dict:
-        return json.loads(self.path.read_text("utf-8"))
-
-    def _save(self, state: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(state, out, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
 
     @staticmethod
     def _up(state: dict, service: str, call: str) -> dict:

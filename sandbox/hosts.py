@@ -19,7 +19,7 @@ import time
 import xml.sax.saxutils as xml_text
 
 from novapurge import validate
-from novapurge.drivers.ssh import Runner, SshOptions
+from novapurge.drivers.ssh import HostPool, Runner, SshOptions
 from novapurge.errors import HostUnreachable
 from novapurge.sandbox import hostcommands
 from novapurge.sandbox.statefile import StateFile
@@ -112,25 +112,10 @@ class SimHost:
         return {"source": qbr, "target": tap, "mac": mac}
 
     def _add_iscsi_nodes(self, bdm: dict) -> None:
-        info = bdm.get("connection_info") or {}
-        if isinstance(info, str):
-            info = json.loads(info or "{}")
-        if info.get("driver_volume_type") != "iscsi":
-            return
-        data = info["data"]
-        iqns = data.get("target_iqns") or [data["target_iqn"]]
-        portals = data.get("target_portals") or [data["target_portal"]]
-        settings = [("node.startup", "automatic")]
-        if data.get("auth_method"):
-            settings += [("node.session.auth.authmethod", data["auth_method"]),
-                         ("node.session.auth.username", data["auth_username"]),
-                         ("node.session.auth.password", data["auth_password"])]
-        for iqn, portal in dict.fromkeys(zip(iqns, portals)):
-            node = ("iscsiadm", "-m", "node", "-T", iqn, "-p", portal)
-            self.run(*node, "-o", "new")
-            for key, value in settings:
-                self.run(*node, "--op", "update", "-n", key, "-v", value)
-            self.run(*node, "--login")
+        for argv in iscsi_node_commands(bdm):
+            self.run(*argv)
+        for argv in iscsi_login_commands(bdm):
+            self.run(*argv)
 
     # ---- faults and observation ---------------------------------------------------------------
     def set_down(self, down: bool = True) -> None:
@@ -167,6 +152,43 @@ def domain_xml(name: str, uuid: str, interfaces) -> str:
             f"{''.join(devices)}</devices>\n</domain>\n")
 
 
+def _iscsi_targets(bdm: dict):
+    """(iqn, portal) pairs and node settings of an iSCSI BDM's connection_info; none otherwise."""
+    info = bdm.get("connection_info") or {}
+    if isinstance(info, str):
+        info = json.loads(info or "{}")
+    if info.get("driver_volume_type") != "iscsi":
+        return [], []
+    data = info["data"]
+    iqns = data.get("target_iqns") or [data["target_iqn"]]
+    portals = data.get("target_portals") or [data["target_portal"]]
+    settings = [("node.startup", "automatic")]
+    if data.get("auth_method"):
+        settings += [("node.session.auth.authmethod", data["auth_method"]),
+                     ("node.session.auth.username", data["auth_username"]),
+                     ("node.session.auth.password", data["auth_password"])]
+    return list(dict.fromkeys(zip(iqns, portals))), settings
+
+
+def iscsi_node_commands(bdm: dict) -> list[list[str]]:
+    """The iscsiadm argv that create the node records os-brick leaves for a BDM (test set-up
+    of simulated and real hosts alike)."""
+    targets, settings = _iscsi_targets(bdm)
+    commands = []
+    for iqn, portal in targets:
+        commands.append(["iscsiadm", "-m", "node", "-o", "new", "-T", iqn, "-p", portal])
+        commands += [["iscsiadm", "-m", "node", "-T", iqn, "-p", portal,
+                      "--op", "update", "-n", key, "-v", value] for key, value in settings]
+    return commands
+
+
+def iscsi_login_commands(bdm: dict) -> list[list[str]]:
+    """The logins of a BDM's nodes (simulated hosts only: no target answers on a real one)."""
+    targets, _ = _iscsi_targets(bdm)
+    return [["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "--login"]
+            for iqn, portal in targets]
+
+
 class SimRunner(Runner):
     """A simulated host's runner: the drivers' argv, acted out on its state file."""
 
@@ -187,15 +209,13 @@ class SimRunner(Runner):
         self._connected.clear()
 
 
-class SimHosts:
-    """The sandbox's compute hosts, with the `drivers.ssh.HostPool` interface."""
+class SimHosts(HostPool):
+    """The sandbox's compute hosts, one state file each, behind the HostPool interface."""
 
     def __init__(self, directory, options: SshOptions = SshOptions()):
+        super().__init__(options=options)
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.options = options
-        self._runners: dict[str, SimRunner] = {}
-        self._lock = threading.Lock()
 
     def host(self, name: str) -> SimHost:
         return SimHost(self.directory, name)
@@ -203,17 +223,5 @@ class SimHosts:
     def names(self) -> list:
         return sorted(p.stem for p in self.directory.glob("*.json"))
 
-    def runner(self, host_name: str) -> SimRunner:
-        with self._lock:
-            if host_name not in self._runners:
-                self._runners[host_name] = SimRunner(self.host(host_name), self.options)
-            return self._runners[host_name]
-
-    def connections_opened(self) -> dict[str, int]:
-        with self._lock:
-            return {name: r.connections_opened for name, r in self._runners.items()}
-
-    def close(self) -> None:
-        with self._lock:
-            for runner in self._runners.values():
-                runner.close()
+    def _new_runner(self, host_name: str) -> SimRunner:
+        return SimRunner(self.host(host_name), self.options)

@@ -35,6 +35,17 @@ class PurgeTask(task.Task):
     def fault(self, point: str) -> None:
         faults.hit(self.step(), point, vm_of(self.name))
 
+    def delete_recorded(self, ledger, resource: str, current, delete, target: str) -> dict:
+        """An irreversible API delete: the resource as it was, then whether it was deleted
+        (a resource already gone, None or a 404, counts as done)."""
+        ledger.record_before(self.name, resource, current, target=target)
+        self.fault("before-change")
+        deleted = current is not None and delete()
+        self.fault("after-change")
+        ledger.record_after(self.name, resource, {"deleted": deleted, "already_gone": not deleted},
+                            target=target)
+        return {"deleted": deleted}
+
 
 class HostTask(PurgeTask):
     """A step on the instance's compute host, through the process's one runner for that host."""

@@ -67,13 +67,8 @@ class DeleteVolume(FinalizeTask):
             ledger.note(self.name, resource, "kept", {"reason": "attached to another server"},
                         target="cinder")
             return {"deleted": False}
-        ledger.record_before(self.name, resource, volume, target="cinder")
-        self.fault("before-change")
-        deleted = volume is not None and cloud.delete_volume(resource_id)
-        self.fault("after-change")
-        ledger.record_after(self.name, resource, {"deleted": deleted, "already_gone": not deleted},
-                            target="cinder")
-        return {"deleted": deleted}
+        return self.delete_recorded(ledger, resource, volume,
+                                    lambda: cloud.delete_volume(resource_id), target="cinder")
 
     def describe(self, facts):
         return [{"target": "cinder", "command": f"DELETE /volumes/{self.inject['resource_id']}",

@@ -49,15 +49,9 @@ class DeleteShelvedImage(PurgeTask):
 
     def execute(self, purge_id, vm_uuid, facts):
         image_id, cloud = facts["shelved_image"], self.drivers.cloud
-        ledger = self.ledger(purge_id, vm_uuid)
-        ledger.record_before(self.name, f"image:{image_id}", cloud.image(image_id),
-                             target="glance")
-        self.fault("before-change")
-        deleted = cloud.delete_image(image_id)
-        self.fault("after-change")
-        ledger.record_after(self.name, f"image:{image_id}", {"deleted": True,
-                            "already_gone": not deleted}, target="glance")
-        return {"deleted": deleted}
+        return self.delete_recorded(self.ledger(purge_id, vm_uuid), f"image:{image_id}",
+                                    cloud.image(image_id), lambda: cloud.delete_image(image_id),
+                                    target="glance")
 
     def describe(self, facts):
         return [{"target": "glance", "command": f"DELETE /v2/images/{facts['shelved_image']}",

@@ -22,13 +22,8 @@ class DeletePort(FinalizeTask):
             ledger.note(self.name, resource, "kept", {"device_id": port["device_id"]},
                         target="neutron")
             return {"deleted": False}
-        ledger.record_before(self.name, resource, port, target="neutron")
-        self.fault("before-change")
-        deleted = port is not None and cloud.delete_port(resource_id)
-        self.fault("after-change")
-        ledger.record_after(self.name, resource, {"deleted": deleted, "already_gone": not deleted},
-                            target="neutron")
-        return {"deleted": deleted}
+        return self.delete_recorded(ledger, resource, port,
+                                    lambda: cloud.delete_port(resource_id), target="neutron")
 
     def describe(self, facts):
         return [{"target": "neutron", "command": f"DELETE /v2.0/ports/{self.inject['resource_id']}",

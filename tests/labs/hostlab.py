@@ -34,6 +34,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from novapurge.sandbox.hosts import iscsi_node_commands
+
 REGISTRY = Path("/run/hostlab")
 NETWORK = ipaddress.ip_network("127.20.0.0/16")   # one /30 per host: .1 machine side, .2 host
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -543,25 +545,9 @@ class LabHost:
         self.run(["ovs-vsctl", "set", "Interface", tap, *self._ovs_ids(vif, vm_uuid)])
 
     def _add_iscsi_nodes(self, bdm: dict) -> None:
-        info = bdm.get("connection_info") or {}
-        if isinstance(info, str):
-            info = json.loads(info)
-        if info.get("driver_volume_type") != "iscsi":
-            return
-        data = info["data"]
-        iqns = data.get("target_iqns") or [data["target_iqn"]]
-        portals = data.get("target_portals") or [data["target_portal"]]
-        settings = [("node.startup", "automatic")]
-        if data.get("auth_method"):
-            settings += [("node.session.auth.authmethod", data["auth_method"]),
-                         ("node.session.auth.username", data["auth_username"]),
-                         ("node.session.auth.password", data["auth_password"])]
         with self._iscsi:    # records created in parallel race (rc 6)
-            for iqn, portal in dict.fromkeys(zip(iqns, portals)):
-                self.run(["iscsiadm", "-m", "node", "-o", "new", "-T", iqn, "-p", portal])
-                for key, value in settings:
-                    self.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", portal,
-                              "--op", "update", "-n", key, "-v", value])
+            for argv in iscsi_node_commands(bdm):
+                self.run(argv)
 
     def _add_instance_dirs(self, vm_uuid: str, dirs, instances_path: str) -> None:
         paths = [f"{instances_path}/{vm_uuid}{suffix}" for suffix in dirs]
