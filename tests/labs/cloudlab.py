@@ -282,6 +282,8 @@ class CloudLab:
             self._timed(f"{name} up", self._wait_healthy, name)
         if chain == "nova":
             self._timed("compute host mapped", self._discover_compute)
+        elif chain == "cinder":
+            self._timed("volume backend scheduled", self._wait_backend_pools)
 
     def _wait_ready(self, what: str) -> None:
         """Wait for another chain's milestone; LabError as soon as any chain failed."""
@@ -338,6 +340,17 @@ class CloudLab:
                 nudge = float("inf")
             time.sleep(0.5)
 
+    def _wait_backend_pools(self) -> None:
+        """Wait until cinder-scheduler knows the volume backend: until then every volume
+        create fails with NoValidBackend (the scheduler asks for capabilities once, at its start,
+        and cinder-volume publishes them every `periodic_interval`)."""
+        deadline = time.monotonic() + WAIT_TIMEOUT
+        while not list(self.connection().block_storage.backend_pools()):
+            if time.monotonic() > deadline:
+                raise LabError("cinder-scheduler never learnt the volume backend; see "
+                               f"{self.logs / 'cinder-scheduler.log'}")
+            time.sleep(0.5)
+
     # ---- services -------------------------------------------------------------------------------
     def stop_service(self, name: str) -> None:
         """Stop one service of the lab (its whole process group)."""
@@ -354,6 +367,8 @@ class CloudLab:
         if record is None or not procs.is_running(record):
             self._spawn(name)
         self._wait_healthy(name)
+        if name in ("cinder-scheduler", "cinder-volume"):
+            self._wait_backend_pools()
 
     def _known(self, name: str) -> dict:
         """The lab's state, once `name` is checked to be one of its services."""
