@@ -118,12 +118,12 @@ def _memory_classes():
             self.states = states
             self.meters = {name: {"lock": threading.Lock(), "commands": 0, "by_atom": {},
                                   "attribute": attribute} for name in states}
-            self._hosts = {}
+            self._memory_hosts = {}
 
         def host(self, name):
-            if name not in self._hosts:
-                self._hosts[name] = MemoryHost(name, self.states[name], self.meters[name])
-            return self._hosts[name]
+            if name not in self._memory_hosts:
+                self._memory_hosts[name] = MemoryHost(name, self.states[name], self.meters[name])
+            return self._memory_hosts[name]
 
         def names(self):
             return sorted(self.states)

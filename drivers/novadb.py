@@ -14,6 +14,7 @@ from sqlalchemy import exc as sa_exc
 
 from novapurge import validate
 from novapurge.errors import BadInput
+from novapurge.persistence import writers
 
 LOG = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ class NovaDatabase:
                 columns.append("rowid")
             clause = self._clauses[name] = sa.table(name, *(sa.column(c) for c in columns))
         return clause
+
+    def transaction(self):
+        """A write transaction (`engine.begin()`), the process's only writer on a SQLite file."""
+        return writers.write_transaction(self.engine)
 
     def select(self, conn, name: str, where: dict, *, for_update=False) -> list:
         """Rows of `name` matching `where` (column: value, None meaning IS NULL) in key order."""

@@ -38,6 +38,7 @@ from taskflow.persistence import models
 from taskflow.persistence.backends import impl_sqlalchemy
 
 from novapurge.errors import BadInput
+from novapurge.persistence import writers
 
 SQLITE_SYNCHRONOUS = "FULL"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -154,7 +155,7 @@ class JournalConnection(impl_sqlalchemy.Connection):
     @contextlib.contextmanager
     def _write(self):
         """A transaction on a pooled connection; once it committed, the pool skips its rollback."""
-        with self._engine.connect() as conn:
+        with writers.serialized(self._engine), self._engine.connect() as conn:
             with conn.begin():
                 yield conn
             conn.info[_COMMITTED] = True

@@ -13,7 +13,7 @@ import socket
 import sqlalchemy as sa
 
 from novapurge.errors import Refused
-from novapurge.persistence import schema
+from novapurge.persistence import schema, writers
 
 
 def process_started(pid: int) -> str | None:
@@ -66,7 +66,7 @@ class VmLocks:
                "acquired_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         for _attempt in range(3):
             try:
-                with self.engine.begin() as conn:
+                with writers.write_transaction(self.engine) as conn:
                     conn.execute(sa.insert(schema.locks).values(**row))
                 return
             except sa.exc.IntegrityError:
@@ -93,7 +93,7 @@ class VmLocks:
         return self._me["machine"]
 
     def _take_over(self, stale: Holder, row: dict) -> None:
-        with self.engine.begin() as conn:
+        with writers.write_transaction(self.engine) as conn:
             taken = conn.execute(
                 sa.update(schema.locks)
                 .where(schema.locks.c.vm_uuid == stale.vm_uuid,
@@ -104,7 +104,7 @@ class VmLocks:
             raise Refused(f"another process took the lock of {stale.vm_uuid} just now")
 
     def release(self, vm_uuid: str) -> None:
-        with self.engine.begin() as conn:
+        with writers.write_transaction(self.engine) as conn:
             conn.execute(sa.delete(schema.locks).where(schema.locks.c.vm_uuid == vm_uuid,
                                                        schema.locks.c.pid == self._me["pid"],
                                                        schema.locks.c.machine == self._me["machine"]))

@@ -5,6 +5,8 @@ import contextlib
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from novapurge.persistence import writers
+
 GENESIS = "0" * 64
 metadata = sa.MetaData()
 
@@ -68,7 +70,7 @@ def create(engine: sa.engine.Engine) -> None:
 @contextlib.contextmanager
 def chain_transaction(engine: sa.engine.Engine):
     """A transaction holding the chain head exclusively, so appends form one chain."""
-    with engine.connect() as conn:
+    with writers.serialized(engine), engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             head = conn.execute(sa.select(ledger_head)).one()._mapping

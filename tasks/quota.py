@@ -51,7 +51,7 @@ class ReleaseQuotaUsage(PurgeTask):
         ledger, deltas, released = self.ledger(purge_id, vm_uuid), usage_deltas(facts), {}
         for db in self._databases(facts):
             resource = f"quota_usages:{db.label}"
-            with db.engine.begin() as conn:
+            with db.transaction() as conn:
                 rows = usage_rows(db, conn, facts)
                 if not rows and ledger.before(self.name, resource) is None:
                     continue
@@ -79,7 +79,7 @@ class ReleaseQuotaUsage(PurgeTask):
             if before is None:
                 continue
             applied = ledger.applied(self.name, resource)
-            with db.engine.begin() as conn:
+            with db.transaction() as conn:
                 for row in before.state["rows"]:
                     share = row["in_use"] - max(0, row["in_use"] - deltas[row["resource"]])
                     current = db.select(conn, "quota_usages", {"id": row["id"]})

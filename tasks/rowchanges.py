@@ -99,7 +99,7 @@ class RowChangesTask:
         ledger, changed = self.ledger(purge_id, vm_uuid), {}
         for db, changes, _order in self.targets(facts):
             resource = f"rows:{db.label}"
-            with db.engine.begin() as conn:
+            with db.transaction() as conn:
                 rows = read_rows(db, conn, changes)
                 if not any(rows.values()) and ledger.before(self.name, resource) is None:
                     continue  # nothing of this instance here
@@ -120,7 +120,7 @@ class RowChangesTask:
             before = ledger.before(self.name, resource)
             if before is None:
                 continue  # nothing was recorded for this database: nothing was changed
-            with db.engine.begin() as conn:
+            with db.transaction() as conn:
                 restored = restore_rows(db, conn, before.state["rows"], order)
             ledger.record_reverted(self.name, resource, {"rows_restored": restored},
                                    target=db.label)
