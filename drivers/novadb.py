@@ -50,6 +50,7 @@ class NovaDatabase:
         self._columns = {}
         self._keys = {}
         self._clauses = {}   # table name -> its TableClause (built once: statements reuse it)
+        self._statements = {}  # statement shape -> statement (see _statement)
         try:
             with self.engine.connect():
                 pass
@@ -101,24 +102,40 @@ class NovaDatabase:
 
     def select(self, conn, name: str, where: dict, *, for_update=False) -> list:
         """Rows of `name` matching `where` (column: value, None meaning IS NULL) in key order."""
-        table = self.table(name)
-        query = sa.select(table).where(*self._conditions(table, where))
-        query = query.order_by(*(table.c[k] for k in self.primary_key(name)))
-        if for_update and self.dialect == "mysql":
-            query = query.with_for_update()
-        return [dict(row._mapping) for row in conn.execute(query)]
+        lock = for_update and self.dialect == "mysql"
+
+        def build(table):
+            query = (sa.select(table).where(*_conditions(table, where))
+                     .order_by(*(table.c[k] for k in self.primary_key(name))))
+            return query.with_for_update() if lock else query
+        query = self._statement(("select", name, _shape(where), lock), build)
+        return [dict(row._mapping) for row in conn.execute(query, _where_params(where))]
 
     def update(self, conn, name: str, where: dict, values: dict) -> int:
-        table = self.table(name)
-        return conn.execute(sa.update(table).where(*self._conditions(table, where))
-                            .values(**values)).rowcount
+        statement = self._statement(("update", name, _shape(where), tuple(values)),
+                                    lambda table: sa.update(table)
+                                    .where(*_conditions(table, where))
+                                    .values({k: sa.bindparam(f"v_{k}") for k in values}))
+        params = {**_where_params(where), **{f"v_{k}": v for k, v in values.items()}}
+        return conn.execute(statement, params).rowcount
 
     def delete(self, conn, name: str, where: dict) -> int:
-        table = self.table(name)
-        return conn.execute(sa.delete(table).where(*self._conditions(table, where))).rowcount
+        statement = self._statement(("delete", name, _shape(where)), lambda table: sa.delete(
+            table).where(*_conditions(table, where)))
+        return conn.execute(statement, _where_params(where)).rowcount
 
     def insert(self, conn, name: str, row: dict) -> None:
-        conn.execute(sa.insert(self.table(name)).values(**row))
+        statement = self._statement(("insert", name, tuple(row)), lambda table: sa.insert(
+            table).values({k: sa.bindparam(f"v_{k}") for k in row}))
+        conn.execute(statement, {f"v_{k}": v for k, v in row.items()})
+
+    def _statement(self, key: tuple, build):
+        """A statement built once per shape (table, columns compared, columns set): values
+        travel as bound parameters, so SQLAlchemy compiles each shape once."""
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = build(self.table(key[1]))
+        return statement
 
     def key_of(self, name: str, row: dict) -> dict:
         return {k: row[k] for k in self.primary_key(name)}
@@ -138,12 +155,22 @@ class NovaDatabase:
             return now.strftime("%Y-%m-%d %H:%M:%S.%f")
         return now.replace(microsecond=0)
 
-    @staticmethod
-    def _conditions(table, where: dict):
-        return [table.c[k].is_(None) if v is None else table.c[k] == v for k, v in where.items()]
-
     def dispose(self):
         self.engine.dispose()
+
+
+def _shape(where: dict) -> tuple:
+    """The columns a WHERE compares, and which of them to NULL (IS NULL needs its own SQL)."""
+    return tuple((k, v is None) for k, v in where.items())
+
+
+def _conditions(table, where: dict) -> list:
+    return [table.c[k].is_(None) if v is None else table.c[k] == sa.bindparam(f"w_{k}")
+            for k, v in where.items()]
+
+
+def _where_params(where: dict) -> dict:
+    return {f"w_{k}": v for k, v in where.items() if v is not None}
 
 
 def render_cell_url(template: str, base_url: str | None) -> str:

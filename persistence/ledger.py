@@ -7,6 +7,7 @@ detected by `audit verify`. A re-executed task gets back the before-state its fi
 
 import dataclasses
 import datetime
+import functools
 import getpass
 import hashlib
 import json
@@ -57,6 +58,20 @@ def entry_hash(prev_hash: str, row: dict) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+# Statements built once: values travel as parameters, so each is compiled once per engine.
+_INSERT = schema.ledger.insert()
+_ADVANCE_HEAD = (schema.ledger_head.update().where(schema.ledger_head.c.id == 1)
+                 .values(last_id=sa.bindparam("new_id"), last_hash=sa.bindparam("new_hash")))
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_query(columns: tuple):
+    """Ledger rows in chain order where each of `columns` equals the parameter of its name."""
+    return (sa.select(schema.ledger)
+            .where(*(schema.ledger.c[c] == sa.bindparam(c) for c in columns))
+            .order_by(schema.ledger.c.id))
+
+
 class Ledger:
     """The ledger tables of one journal database."""
 
@@ -87,20 +102,17 @@ class Ledger:
         with schema.chain_transaction(self.engine) as (conn, head):
             row["prev_hash"] = head["last_hash"]
             row["hash"] = entry_hash(head["last_hash"], row)
-            new_id = conn.execute(sa.insert(schema.ledger).values(**row)).inserted_primary_key[0]
-            conn.execute(sa.update(schema.ledger_head).where(schema.ledger_head.c.id == 1)
-                         .values(last_id=new_id, last_hash=row["hash"]))
+            new_id = conn.execute(_INSERT, row).inserted_primary_key[0]
+            conn.execute(_ADVANCE_HEAD, {"new_id": new_id, "new_hash": row["hash"]})
         return new_id
 
     def rows(self, purge_id=None, vm_uuid=None, atom=None, resource=None):
         """Ledger rows in chain order, optionally narrowed to a purge, VM, atom and resource."""
-        query = sa.select(schema.ledger).order_by(schema.ledger.c.id)
-        for column, value in (("purge_id", purge_id), ("vm_uuid", vm_uuid), ("atom", atom),
-                              ("resource", resource)):
-            if value is not None:
-                query = query.where(schema.ledger.c[column] == value)
+        given = {column: value for column, value in (
+            ("purge_id", purge_id), ("vm_uuid", vm_uuid), ("atom", atom), ("resource", resource))
+            if value is not None}
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+            return [dict(r._mapping) for r in conn.execute(_rows_query(tuple(given)), given)]
 
     def verify(self) -> list:
         """Problems found by recomputing the hash chain (an empty list means intact)."""

@@ -67,16 +67,20 @@ def create(engine: sa.engine.Engine) -> None:
                 pass  # another process created it first
 
 
+_HEAD = sa.select(ledger_head)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+
+
 @contextlib.contextmanager
 def chain_transaction(engine: sa.engine.Engine):
     """A transaction holding the chain head exclusively, so appends form one chain."""
     with writers.serialized(engine), engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-            head = conn.execute(sa.select(ledger_head)).one()._mapping
+            head = conn.execute(_HEAD).one()._mapping
         else:
             conn.begin()
-            head = conn.execute(sa.select(ledger_head).with_for_update()).one()._mapping
+            head = conn.execute(_HEAD_FOR_UPDATE).one()._mapping
         try:
             yield conn, dict(head)
         except BaseException:
