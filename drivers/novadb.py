@@ -7,6 +7,8 @@ read before a change can be written back byte for byte.
 
 import datetime
 import logging
+import random
+import time
 import urllib.parse
 
 import sqlalchemy as sa
@@ -17,6 +19,9 @@ from novapurge.errors import BadInput
 from novapurge.persistence import writers
 
 LOG = logging.getLogger(__name__)
+TRANSACTION_ATTEMPTS = 5
+TRANSACTION_BACKOFF_S = 0.05
+_RETRIED_MYSQL_ERRORS = {1205, 1213}   # lock wait timeout, deadlock (the server rolled back)
 
 
 def safe_url(url) -> str:
@@ -99,6 +104,23 @@ class NovaDatabase:
     def transaction(self):
         """A write transaction (`engine.begin()`), the process's only writer on a SQLite file."""
         return writers.write_transaction(self.engine)
+
+    def run_transaction(self, work):
+        """`work(conn)` in a write transaction, run again when MySQL/MariaDB picked it as a
+        deadlock victim or it waited too long for a row lock: the server rolled it back, so
+        running it again is what Nova's own DB API does (oslo.db's `wrap_db_retry`). Concurrent
+        purges of instances of one project meet on its quota rows and the tables' gap locks."""
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                with self.transaction() as conn:
+                    return work(conn)
+            except sa_exc.OperationalError as error:
+                code = (getattr(error.orig, "args", None) or (None,))[0]
+                if code not in _RETRIED_MYSQL_ERRORS or attempt == TRANSACTION_ATTEMPTS:
+                    raise
+                LOG.info("%s: transaction rolled back by the server (%s), attempt %d of %d",
+                         self.label, code, attempt + 1, TRANSACTION_ATTEMPTS)
+                time.sleep(random.uniform(0, TRANSACTION_BACKOFF_S * 2 ** attempt))
 
     def select(self, conn, name: str, where: dict, *, for_update=False) -> list:
         """Rows of `name` matching `where` (column: value, None meaning IS NULL) in key order."""

@@ -4,6 +4,7 @@ A before-state is stored twice when it holds a secret: redacted (exported, hashe
 protected column that revert reads and no export ever shows.
 """
 
+import functools
 import json
 import re
 
@@ -14,7 +15,8 @@ _SECRET_KEY = re.compile(
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
 
-def is_secret_key(key: str) -> bool:
+@functools.lru_cache(maxsize=4096)   # the keys are column and field names: few, seen often
+def is_secret_key(key) -> bool:
     return bool(_SECRET_KEY.search(str(key)))
 
 
@@ -23,7 +25,8 @@ def redact(value):
     if isinstance(value, dict):
         cleaned = {k: (MASK if is_secret_key(k) and v not in (None, "") else redact(v))
                    for k, v in value.items()}
-        if is_secret_key(value.get("key", "")) and value.get("value") not in (None, ""):
+        key = value.get("key")
+        if isinstance(key, str) and is_secret_key(key) and value.get("value") not in (None, ""):
             cleaned["value"] = MASK  # a metadata row such as {"key": "password_0", "value": ...}
         return cleaned
     if isinstance(value, list):

@@ -51,10 +51,11 @@ class ReleaseQuotaUsage(PurgeTask):
         ledger, deltas, released = self.ledger(purge_id, vm_uuid), usage_deltas(facts), {}
         for db in self._databases(facts):
             resource = f"quota_usages:{db.label}"
-            with db.transaction() as conn:
+
+            def release(conn, db=db, resource=resource):
                 rows = usage_rows(db, conn, facts)
                 if not rows and ledger.before(self.name, resource) is None:
-                    continue
+                    return None
                 before = ledger.record_before(self.name, resource, {"rows": [
                     {"id": r["id"], "resource": r["resource"], "user_id": r.get("user_id"),
                      "in_use": r["in_use"]} for r in rows]}, target=db.label)
@@ -63,6 +64,10 @@ class ReleaseQuotaUsage(PurgeTask):
                     target = max(0, row["in_use"] - deltas[row["resource"]])
                     db.update(conn, "quota_usages", {"id": row["id"], "in_use": row["in_use"]},
                               {"in_use": target})
+                return before
+            before = db.run_transaction(release)
+            if before is None:
+                continue
             self.fault("after-change")
             released[db.label] = {f"{r['resource']}/{r['user_id']}":
                                   max(0, r["in_use"] - deltas[r["resource"]])
@@ -79,7 +84,8 @@ class ReleaseQuotaUsage(PurgeTask):
             if before is None:
                 continue
             applied = ledger.applied(self.name, resource)
-            with db.transaction() as conn:
+
+            def give_back(conn, db=db, before=before, applied=applied):
                 for row in before.state["rows"]:
                     share = row["in_use"] - max(0, row["in_use"] - deltas[row["resource"]])
                     current = db.select(conn, "quota_usages", {"id": row["id"]})
@@ -94,6 +100,7 @@ class ReleaseQuotaUsage(PurgeTask):
                     # give the share back, keeping what others changed since
                     db.update(conn, "quota_usages", {"id": row["id"], "in_use": in_use},
                               {"in_use": in_use + share})
+            db.run_transaction(give_back)
             ledger.record_reverted(self.name, resource, before.state, target=db.label)
 
     def describe(self, facts) -> list:

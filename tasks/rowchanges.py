@@ -99,16 +99,19 @@ class RowChangesTask:
         ledger, changed = self.ledger(purge_id, vm_uuid), {}
         for db, changes, _order in self.targets(facts):
             resource = f"rows:{db.label}"
-            with db.transaction() as conn:
+
+            def change(conn, db=db, changes=changes, resource=resource):
                 rows = read_rows(db, conn, changes)
                 if not any(rows.values()) and ledger.before(self.name, resource) is None:
-                    continue  # nothing of this instance here
+                    return None  # nothing of this instance here
                 ledger.record_before(self.name, resource, {"rows": rows}, target=db.label)
                 self.fault("before-change")
-                changed[db.label] = apply_changes(db, conn, changes)
-            self.fault("after-change")
-            if db.label not in changed:
+                return apply_changes(db, conn, changes)
+            count = db.run_transaction(change)
+            if count is None:
                 continue
+            changed[db.label] = count
+            self.fault("after-change")
             ledger.record_after(self.name, resource, {"rows_changed": changed[db.label]},
                                 target=db.label)
         return {"rows_changed": changed}
@@ -120,8 +123,9 @@ class RowChangesTask:
             before = ledger.before(self.name, resource)
             if before is None:
                 continue  # nothing was recorded for this database: nothing was changed
-            with db.transaction() as conn:
-                restored = restore_rows(db, conn, before.state["rows"], order)
+            restored = db.run_transaction(
+                lambda conn, db=db, rows=before.state["rows"], order=order:
+                restore_rows(db, conn, rows, order))
             ledger.record_reverted(self.name, resource, {"rows_restored": restored},
                                    target=db.label)
 
