@@ -172,6 +172,9 @@ def _fast_sqlite(url):
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.execute("PRAGMA synchronous=OFF")
+        # WAL (kept in the file): readers and the writer do not block each other, as with the
+        # MVCC of the MySQL/MariaDB a real Nova runs on
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
     return engine
 
 

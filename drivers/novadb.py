@@ -8,6 +8,7 @@ read before a change can be written back byte for byte.
 import datetime
 import logging
 import random
+import threading
 import time
 import urllib.parse
 
@@ -20,6 +21,7 @@ from novapurge.persistence import writers
 
 LOG = logging.getLogger(__name__)
 TRANSACTION_ATTEMPTS = 5
+POOL_SIZE, POOL_OVERFLOW, POOL_TIMEOUT_S = 8, 24, 120
 TRANSACTION_BACKOFF_S = 0.05
 _RETRIED_MYSQL_ERRORS = {1205, 1213}   # lock wait timeout, deadlock (the server rolled back)
 
@@ -40,9 +42,13 @@ def make_engine(url: str) -> sa.engine.Engine:
         raise BadInput("not a database URL (expected e.g. mysql+pymysql://user:pw@host/nova)") from None
     if parsed.get_backend_name() not in ("sqlite", "mysql"):
         raise BadInput(f"unsupported database {safe_url(url)}: use mysql+pymysql:// or sqlite:///")
+    # a batch runs --parallel engines (8 by default, more on request) against the same database
+    pool = {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW, "pool_timeout": POOL_TIMEOUT_S}
     if parsed.get_backend_name() == "mysql":
-        return sa.create_engine(parsed, pool_pre_ping=True, pool_recycle=3600)
-    return sa.create_engine(parsed, connect_args={"timeout": 30})
+        return sa.create_engine(parsed, pool_pre_ping=True, pool_recycle=3600, **pool)
+    if parsed.database in (None, "", ":memory:"):
+        return sa.create_engine(parsed, connect_args={"timeout": 30})
+    return sa.create_engine(parsed, connect_args={"timeout": 30}, **pool)
 
 
 class NovaDatabase:
@@ -51,25 +57,30 @@ class NovaDatabase:
     def __init__(self, url: str, label: str):
         self.label = label
         self.engine = make_engine(url)
-        self._tables = None
-        self._columns = {}
-        self._keys = {}
         self._clauses = {}   # table name -> its TableClause (built once: statements reuse it)
         self._statements = {}  # statement shape -> statement (see _statement)
         try:
-            with self.engine.connect():
-                pass
+            self._reflect()
         except sa_exc.SQLAlchemyError as error:
             raise BadInput(f"cannot reach Nova database {label} at {safe_url(url)}: "
                            f"{type(error.orig or error).__name__}") from None
+
+    def _reflect(self) -> None:
+        """Every table's columns and primary key, read once here (15 ms on SQLite): reflecting
+        on first use would check out a second pooled connection while the caller holds one, and
+        a batch's threads doing that at once exhaust the pool and wait on each other."""
+        inspector = sa.inspect(self.engine)
+        self._tables = set(inspector.get_table_names())
+        self._columns = {table: [c["name"] for c in columns] for (_schema, table), columns
+                         in inspector.get_multi_columns().items()}
+        self._keys = {table: pk["constrained_columns"] or self._columns.get(table, [])
+                      for (_schema, table), pk in inspector.get_multi_pk_constraint().items()}
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def has_table(self, name: str) -> bool:
-        if self._tables is None:
-            self._tables = set(sa.inspect(self.engine).get_table_names())
         return name in self._tables
 
     def columns(self, name: str) -> list:
@@ -227,19 +238,27 @@ class NovaDatabases:
         self._api = None
         self._overrides = dict(overrides or {})
         self._cells = {}
+        # one NovaDatabase (one engine, one pool, one SQLite writer lock) per database, also
+        # when a batch's threads ask for it at once
+        self._opening = threading.RLock()
 
     @property
     def api(self) -> NovaDatabase | None:
         """The API database (connected on first use), or None on a cloud without one."""
         if self._api is None and self._api_url:
-            self._api = NovaDatabase(self._api_url, "api")
+            with self._opening:
+                if self._api is None:
+                    self._api = NovaDatabase(self._api_url, "api")
         return self._api
 
     def cell(self, ref: dict | None) -> NovaDatabase:
         """The cell database named by a facts' cell reference ({"uuid","name"} or None)."""
         key = (ref or {}).get("uuid") or "default"
         if key not in self._cells:
-            self._cells[key] = NovaDatabase(self._cell_url_for(ref), self._cell_label(ref))
+            with self._opening:
+                if key not in self._cells:
+                    self._cells[key] = NovaDatabase(self._cell_url_for(ref),
+                                                    self._cell_label(ref))
         return self._cells[key]
 
     def locate(self, vm_uuid: str):

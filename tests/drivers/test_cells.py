@@ -105,7 +105,7 @@ def test_cell_override_from_config_wins_over_the_mapping(two_cells, tmp_path):
                       f'[journal]\nurl = "sqlite:///{tmp_path / "journal.sqlite"}"\n')
     uuid = two_cells["cells"]["cell2"]["stuck"]
     code, out, err = _cli(["purge", "--yes", "--config", str(config), uuid], {})
-    assert code == 0, err
+    assert code == 0, (err, out)
     with sa.create_engine(f"sqlite:///{moved}").connect() as conn:
         assert conn.execute(sa.text("SELECT deleted FROM instances WHERE uuid=:u"),
                             {"u": uuid}).scalar() != 0
