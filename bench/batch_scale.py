@@ -59,6 +59,7 @@ TARGETS = {"wall_s_1000": 60.0, "vs_replay": 50.0, "vs_lower_bound": 1.3, "rss_m
 def _memory_classes():
     """SimHost / SimHosts / SandboxCloud kept in memory (imports deferred to the child)."""
     from novapurge.sandbox.cloud import SandboxCloud
+    from novapurge.drivers.ssh import HostPool
     from novapurge.sandbox.hosts import SimHost, SimHosts
     from novapurge.tasks.base import PurgeTask
 
@@ -111,10 +112,8 @@ def _memory_classes():
 
     class MemoryHosts(SimHosts):
         def __init__(self, states, options, attribute=False):
+            HostPool.__init__(self, options=options)    # SimHosts' own would make a directory
             self.directory = None
-            self.options = options
-            self._runners = {}
-            self._lock = threading.Lock()
             self.states = states
             self.meters = {name: {"lock": threading.Lock(), "commands": 0, "by_atom": {},
                                   "attribute": attribute} for name in states}

@@ -20,8 +20,8 @@ from novapurge.errors import BadInput
 from novapurge.persistence import writers
 
 LOG = logging.getLogger(__name__)
-TRANSACTION_ATTEMPTS = 5
 POOL_SIZE, POOL_OVERFLOW, POOL_TIMEOUT_S = 8, 24, 120
+TRANSACTION_ATTEMPTS = 5
 TRANSACTION_BACKOFF_S = 0.05
 _RETRIED_MYSQL_ERRORS = {1205, 1213}   # lock wait timeout, deadlock (the server rolled back)
 
@@ -46,9 +46,8 @@ def make_engine(url: str) -> sa.engine.Engine:
     pool = {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW, "pool_timeout": POOL_TIMEOUT_S}
     if parsed.get_backend_name() == "mysql":
         return sa.create_engine(parsed, pool_pre_ping=True, pool_recycle=3600, **pool)
-    if parsed.database in (None, "", ":memory:"):
-        return sa.create_engine(parsed, connect_args={"timeout": 30})
-    return sa.create_engine(parsed, connect_args={"timeout": 30}, **pool)
+    in_memory = parsed.database in (None, "", ":memory:")   # one connection: no pool to size
+    return sa.create_engine(parsed, connect_args={"timeout": 30}, **({} if in_memory else pool))
 
 
 class NovaDatabase:
