@@ -20,7 +20,8 @@ set_latency) and every API call `--api-latency` (SandboxCloud's set_latency), ou
 
 Reported: wall time of the batch (from the first preflight to the last VM's end), VMs/s, peak
 RSS of the process (and what it was before the batch: the simulated estate and the drivers),
-SSH connections and peak commands in flight per host, against:
+SSH connections and peak commands in flight per host, the CPU time of a fixed Python loop on
+this machine (the batch is CPU-bound: compare figures across machines with it), against:
 (a) the sequential replay of the runbook: one VM after another, every host command on a new SSH
     connection (`--connect-cost` on top of the command, default one more `--latency`: cheap for
     TCP + key exchange + authentication), every API call in turn, database statements free:
@@ -304,7 +305,7 @@ def _critical_path(purger, purge_id, vm_uuid, hosts, cloud, args) -> dict:
     """The VM's longest chain of remote operations: preflight, then its flow's step graph."""
     import networkx as nx
     from taskflow.engines import helpers
-    from novapurge.flows.purge import _tasks_and_links
+    from novapurge.flows.purge import tasks_and_links
 
     ops = {}
     for meter in hosts.meters.values():
@@ -316,7 +317,7 @@ def _critical_path(purger, purge_id, vm_uuid, hosts, cloud, args) -> dict:
             for atom, kinds in ops.items()}
     (fd,) = list(purger.journal.book(purge_id))
     flow = helpers.flow_from_detail(fd)
-    nodes, links = _tasks_and_links(flow)
+    nodes, links = tasks_and_links(flow)
     graph = nx.DiGraph()
     for task in nodes:
         graph.add_node(task.name, cost=cost.get(task.name, 0.0))
@@ -343,6 +344,15 @@ def measure(template, directory, args, alone=False) -> dict:
 
 
 # ---- the report --------------------------------------------------------------------------------
+def cpu_reference() -> float:
+    """CPU seconds of a fixed pure-Python loop (10 million additions): the batch is CPU-bound, so
+    its figures compare across machines only with this one beside them."""
+    started, total = time.process_time(), 0
+    for i in range(10_000_000):
+        total += i
+    return time.process_time() - started
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vms", type=int, default=1000)
@@ -391,7 +401,8 @@ def main():
         "lower_bound_s": round(lower, 2), "host_bound_s": round(host_bound, 2),
         "critical_path_s": round(calibration["critical_path"]["total_s"], 2),
         "vs_lower_bound": round(wall / lower, 2),
-        "one_vm_alone_s": round(calibration["wall_s"], 2)}
+        "one_vm_alone_s": round(calibration["wall_s"], 2),
+        "cpu_reference_s": round(cpu_reference(), 2)}
     if args.json:
         print(json.dumps(figures, indent=2))
         return
@@ -412,6 +423,8 @@ def main():
           f"path {calibration['critical_path']['total_s']:.2f} s) -> batch is "
           f"{wall / lower:.2f}x it (target <= {TARGETS['vs_lower_bound']:g}x)")
     print(f"  one VM alone           {calibration['wall_s']:8.2f} s")
+    print(f"  this machine's CPU: {figures['cpu_reference_s']:.2f} s for the reference loop "
+          f"(10 million Python additions)")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ class NovaDatabase:
                 time.sleep(random.uniform(0, TRANSACTION_BACKOFF_S * 2 ** attempt))
 
     def select(self, conn, name: str, where: dict, *, for_update=False) -> list:
-        """Rows of `name` matching `where` (column: value, None meaning IS NULL) in key order."""
+        """Rows of `name` matching `where` in key order: column: value, None meaning IS NULL, a
+        tuple meaning IN (one statement for many keys)."""
         lock = for_update and self.dialect == "mysql"
 
         def build(table):
@@ -192,17 +193,25 @@ class NovaDatabase:
 
 
 def _shape(where: dict) -> tuple:
-    """The columns a WHERE compares, and which of them to NULL (IS NULL needs its own SQL)."""
-    return tuple((k, v is None) for k, v in where.items())
+    """The columns a WHERE compares, and how: to NULL or to a tuple (IN) need their own SQL."""
+    return tuple((k, v is None, isinstance(v, tuple)) for k, v in where.items())
+
+
+def _condition(column, value):
+    if value is None:
+        return column.is_(None)
+    if isinstance(value, tuple):
+        return column.in_(sa.bindparam(f"w_{column.name}", expanding=True))
+    return column == sa.bindparam(f"w_{column.name}")
 
 
 def _conditions(table, where: dict) -> list:
-    return [table.c[k].is_(None) if v is None else table.c[k] == sa.bindparam(f"w_{k}")
-            for k, v in where.items()]
+    return [_condition(table.c[k], v) for k, v in where.items()]
 
 
 def _where_params(where: dict) -> dict:
-    return {f"w_{k}": v for k, v in where.items() if v is not None}
+    return {f"w_{k}": list(v) if isinstance(v, tuple) else v
+            for k, v in where.items() if v is not None}
 
 
 def render_cell_url(template: str, base_url: str | None) -> str:

@@ -7,7 +7,7 @@ parts that depend on the instance (its VIFs, iSCSI paths, volumes, ports) come i
 """
 
 import networkx as nx
-from taskflow.patterns import graph_flow, linear_flow
+from taskflow.patterns import linear_flow, unordered_flow
 
 from novapurge.flows.naming import atom_name
 from novapurge.flows.retry import RetryTransient
@@ -52,16 +52,9 @@ def flow_shape(facts: dict, *, consoles: bool, cloud: bool, delete_volumes: str 
     }
 
 
-def _chain(flow, start, layers) -> list:
-    """Add layers of tasks after `start`, each task of a layer after every one of the layer before."""
-    previous = [start]
-    for layer in filter(None, layers):
-        flow.add(*layer)
-        for before in previous:
-            for task in layer:
-                flow.link(before, task)
-        previous = layer
-    return previous
+def _together(name, tasks):
+    """The tasks as one unit: the task itself, or an unordered flow when there are several."""
+    return tasks[0] if len(tasks) == 1 else unordered_flow.Flow(name).add(*tasks)
 
 
 def _finalize(vm_uuid, purge_id, name, *tasks):
@@ -71,47 +64,46 @@ def _finalize(vm_uuid, purge_id, name, *tasks):
     return sub.add(*tasks)
 
 
-def purge_flow(vm_uuid: str, options: dict) -> graph_flow.Flow:
+def purge_flow(vm_uuid: str, options: dict) -> linear_flow.Flow:
     """One VM's purge. options: purge_id, force, skip (step groups), hold (stop at the point of
-    no return), shape (see flow_shape)."""
+    no return), shape (see flow_shape).
+
+    Built from linear and unordered flows (TaskFlow's graph flow copies its graph on every link,
+    a third of the cost of building a flow): discover, guard, then side by side the skipped-groups
+    note and [domain identity check, then side by side the API/placement steps and the host
+    chain followed by the database chain], the point of no return, the finalize subflows.
+    """
     purge_id, skip = options["purge_id"], set(options.get("skip") or ())
     shape = options.get("shape") or {}
     host = shape.get("host") if "host" not in skip else None
-    flow = graph_flow.Flow(f"purge:{vm_uuid}")
-    discover = DiscoverInstance(vm_uuid, purge_id)
-    guard = GuardInstance(vm_uuid, purge_id, force=bool(options.get("force")))
-    flow.add(discover, guard)
-    ends = [guard]
-    if skip:
-        note = NoteSkippedGroups(vm_uuid, purge_id, sorted(skip))
-        flow.add(note)
-        flow.link(guard, note)
-        ends.append(note)
-    gate = guard
-    if host is not None:
-        gate = VerifyDomainIdentity(vm_uuid, purge_id)
-        flow.add(gate)
-        flow.link(guard, gate)
-    for step in _side_steps(shape, skip):
-        task = step(vm_uuid, purge_id)
-        flow.add(task)
-        flow.link(gate, task)
-        ends.append(task)
-    host_layers = [] if host is None else [
+    layers = [] if host is None else [
         [DestroyDomain(vm_uuid, purge_id)],
         [UnplugVif(vm_uuid, purge_id, port) for port in host["vifs"]],
         [DisconnectIscsiTarget(vm_uuid, purge_id, key) for key in host["iscsi"]],
         [QuarantineInstanceDirs(vm_uuid, purge_id)],
         [UndefineDomain(vm_uuid, purge_id)]]
-    db_layers = [[step(vm_uuid, purge_id)] for step in DB_CHAIN if step.group not in skip]
-    ends += _chain(flow, gate, host_layers + db_layers)
-    point = PassPointOfNoReturn(vm_uuid, purge_id, hold=bool(options.get("hold")))
-    flow.add(point)
-    for task in dict.fromkeys(ends):
-        flow.link(task, point)
-    for sub in _finalize_subflows(vm_uuid, purge_id, shape, skip, host is not None):
-        flow.add(sub)
-        flow.link(point, sub)
+    layers += [[step(vm_uuid, purge_id)] for step in DB_CHAIN if step.group not in skip]
+    chain = [_together(f"layer:{vm_uuid}:{i}", layer) for i, layer in enumerate(layers) if layer]
+    changes = [step(vm_uuid, purge_id) for step in _side_steps(shape, skip)]
+    if chain:
+        changes.append(chain[0] if len(chain) == 1 else
+                       linear_flow.Flow(f"chain:{vm_uuid}").add(*chain))
+    gated = [VerifyDomainIdentity(vm_uuid, purge_id)] if host is not None else []
+    if changes:
+        gated.append(_together(f"changes:{vm_uuid}", changes))
+    reversible = [NoteSkippedGroups(vm_uuid, purge_id, sorted(skip))] if skip else []
+    if gated:
+        reversible.append(gated[0] if len(gated) == 1 else
+                          linear_flow.Flow(f"gated:{vm_uuid}").add(*gated))
+    flow = linear_flow.Flow(f"purge:{vm_uuid}")
+    flow.add(DiscoverInstance(vm_uuid, purge_id),
+             GuardInstance(vm_uuid, purge_id, force=bool(options.get("force"))))
+    if reversible:
+        flow.add(_together(f"reversible:{vm_uuid}", reversible))
+    flow.add(PassPointOfNoReturn(vm_uuid, purge_id, hold=bool(options.get("hold"))))
+    finalize = list(_finalize_subflows(vm_uuid, purge_id, shape, skip, host is not None))
+    if finalize:
+        flow.add(_together(f"finalize:{vm_uuid}", finalize))
     return flow
 
 
@@ -141,7 +133,7 @@ def _finalize_subflows(vm_uuid, purge_id, shape, skip, host):
         yield _finalize(vm_uuid, purge_id, "quarantine", EmptyQuarantine(vm_uuid, purge_id))
 
 
-def _tasks_and_links(flow):
+def tasks_and_links(flow):
     """Every task of the flow (subflows opened up) and the task-level ordering links."""
     nodes, links = [], []
 
@@ -169,7 +161,7 @@ def _tasks_and_links(flow):
 def step_graph(flow) -> nx.DiGraph:
     """The flow's steps and their ordering as a networkx graph (for `plan --graph`)."""
     graph = nx.DiGraph(name=flow.name)
-    nodes, links = _tasks_and_links(flow)
+    nodes, links = tasks_and_links(flow)
     for task in nodes:
         graph.add_node(_label(task), group=getattr(task, "group", None) or "-")
     for u, v in links:
@@ -190,7 +182,7 @@ def _label(task) -> str:
 
 def steps_in_order(flow) -> list:
     """The flow's tasks in an order that respects every link."""
-    nodes, links = _tasks_and_links(flow)
+    nodes, links = tasks_and_links(flow)
     by_name = {task.name: task for task in nodes}
     order = list(by_name)
     graph = nx.DiGraph()

@@ -39,13 +39,18 @@ def _flavor(extra_rows, instance):
             "memory_mb": current.get("memory_mb", instance["memory_mb"])}
 
 
-def _shared_targets(db, conn, host, vm_uuid) -> set:
-    """iSCSI paths that live instances other than `vm_uuid` on `host` also use (kept)."""
-    others = [r["uuid"] for r in db.select(conn, "instances", {"host": host, "deleted": 0})
-              if r["uuid"] != vm_uuid]
-    bdms = [b for uuid in others for b in db.select(conn, "block_device_mapping",
-                                                    {"instance_uuid": uuid, "deleted": 0})]
-    return {target_key(t) for t in iscsi_targets(
+def _shared_targets(db, conn, host, vm_uuid, own_bdms) -> set:
+    """iSCSI paths of `vm_uuid` that other live instances on `host` also use (kept): looked up
+    only when the instance has iSCSI paths, in one statement for all its neighbours."""
+    own = {target_key(t) for t in iscsi_targets(
+        [dict(b, connection_info=_json(b.get("connection_info"))) for b in own_bdms])}
+    if not own:
+        return set()
+    others = tuple(r["uuid"] for r in db.select(conn, "instances", {"host": host, "deleted": 0})
+                   if r["uuid"] != vm_uuid)
+    bdms = db.select(conn, "block_device_mapping",
+                     {"instance_uuid": others, "deleted": 0}) if others else []
+    return own & {target_key(t) for t in iscsi_targets(
         [dict(b, connection_info=_json(b.get("connection_info"))) for b in bdms])}
 
 
@@ -107,7 +112,8 @@ def _db_facts(novadb, vm_uuid: str, instances_path: str) -> dict:
         caches, bdms = pick("instance_info_caches"), pick("block_device_mapping")
         sysmeta, faults, extra = pick("instance_system_metadata"), pick("instance_faults"), \
             pick("instance_extra")
-        shared = _shared_targets(db, conn, row["host"], vm_uuid) if row.get("host") else set()
+        shared = _shared_targets(db, conn, row["host"], vm_uuid, bdms) if row.get("host") \
+            else set()
     instance = {k: _plain(row.get(k)) for k in _INSTANCE_COLUMNS if k in row}
     network_info = _json(caches[0]["network_info"]) or [] if caches else []
     bdm_facts = [dict({k: _plain(b.get(k)) for k in _BDM_COLUMNS},

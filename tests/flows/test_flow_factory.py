@@ -10,7 +10,7 @@ import json
 import pytest
 
 from novapurge import keys
-from novapurge.flows.purge import purge_flow, steps_in_order
+from novapurge.flows.purge import purge_flow, steps_in_order, tasks_and_links
 
 VM = "6c1e7d0a-2b9f-4c38-9a51-0d3f7e8b1c22"
 OTHER = "0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d"
@@ -29,8 +29,13 @@ def _steps(flow):
     return [task.name.split(":")[0] for task in steps_in_order(flow)]
 
 
+def _tasks(flow):
+    return tasks_and_links(flow)[0]
+
+
 def _links(flow):
-    return {(u.name.split(":")[0], v.name.split(":")[0]) for u, v, _ in flow.iter_links()}
+    """(step before, step after) of every ordering link between two tasks of the flow."""
+    return {(u.name.split(":")[0], v.name.split(":")[0]) for u, v in tasks_and_links(flow)[1]}
 
 
 def test_requires_nothing_and_provides_the_store_keys():
@@ -44,7 +49,7 @@ def test_requires_nothing_and_provides_the_store_keys():
 def test_atoms_are_named_step_colon_vm_and_ordered():
     flow = purge_flow(VM, _options())
     assert _steps(flow) == STEPS
-    assert sorted(task.name for task, _ in flow.iter_nodes()) == sorted(f"{s}:{VM}" for s in STEPS)
+    assert sorted(task.name for task in _tasks(flow)) == sorted(f"{s}:{VM}" for s in STEPS)
     links = _links(flow)
     chain = ["GuardInstance", "SoftDeleteInstance", "ReleaseQuotaUsage", "QueueMappingForDelete",
              "PassPointOfNoReturn"]
@@ -54,16 +59,16 @@ def test_atoms_are_named_step_colon_vm_and_ordered():
 
 def test_per_vm_values_are_injected_not_required():
     flow = purge_flow(VM, _options(force=True))
-    for task, _ in flow.iter_nodes():
+    for task in _tasks(flow):
         assert task.inject[keys.VM_UUID] == VM
         assert task.inject[keys.PURGE_ID] == _options()["purge_id"]
-    guard = next(t for t, _ in flow.iter_nodes() if t.name.startswith("GuardInstance:"))
+    guard = next(t for t in _tasks(flow) if t.name.startswith("GuardInstance:"))
     assert guard.inject["force"] is True
 
 
 def test_only_the_point_of_no_return_is_irreversible():
     flow = purge_flow(VM, _options())
-    irreversible = [t.name.split(":")[0] for t, _ in flow.iter_nodes() if not t.reversible]
+    irreversible = [t.name.split(":")[0] for t in _tasks(flow) if not t.reversible]
     assert irreversible == ["PassPointOfNoReturn"]
 
 
@@ -75,7 +80,7 @@ def test_skipped_groups_drop_their_steps(skip):
     kept = [s for s in STEPS if s not in {GROUP_STEPS[g] for g in skip}]
     assert [s for s in steps if s != "NoteSkippedGroups"] == kept
     assert "NoteSkippedGroups" in steps
-    note = next(t for t, _ in flow.iter_nodes() if t.name.startswith("NoteSkippedGroups:"))
+    note = next(t for t in _tasks(flow) if t.name.startswith("NoteSkippedGroups:"))
     assert note.inject["skipped_groups"] == sorted(skip)
     assert flow.requires == set()
     # What stays is still ordered: the point of no return comes after every change kept.
