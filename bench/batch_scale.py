@@ -19,7 +19,9 @@ simulator. Their latency is the point: every host command sleeps `--latency` (Si
 set_latency) and every API call `--api-latency` (SandboxCloud's set_latency), outside any lock.
 
 Reported: wall time of the batch (from the first preflight to the last VM's end), VMs/s, peak
-RSS of the process (and what it was before the batch: the simulated estate and the drivers),
+RSS of the process (and what it was before the batch: the simulated estate and the drivers;
+the estate's share is what loading it added, and the peak without it is what the tool itself
+would hold against a real cloud),
 SSH connections and peak commands in flight per host, the CPU time of a fixed Python loop on
 this machine (the batch is CPU-bound: compare figures across machines with it), against:
 (a) the sequential replay of the runbook: one VM after another, every host command on a new SSH
@@ -251,7 +253,14 @@ def fresh_copy(template: pathlib.Path, run: pathlib.Path) -> pathlib.Path:
 
 # ---- one measurement (a child process) ---------------------------------------------------------
 def rss_mb() -> float:
+    """The process's peak RSS so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """The process's RSS now (Linux)."""
+    resident_pages = int(pathlib.Path("/proc/self/statm").read_text().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def child(args) -> dict:
@@ -264,6 +273,7 @@ def child(args) -> dict:
     from novapurge.persistence.ledger import Actor
     MemoryHosts, MemoryCloud = _memory_classes()
 
+    before_estate = current_rss_mb()
     estate = json.loads((run / "estate.json").read_text())
     vms = json.loads((run / "vms.json").read_text())
     alone = args.alone
@@ -275,6 +285,7 @@ def child(args) -> dict:
     hosts = MemoryHosts(estate["hosts"], SshOptions(max_channels=args.host_limit),
                         attribute=alone)
     cloud = MemoryCloud(estate["cloud"], attribute=alone)
+    estate_mb = current_rss_mb() - before_estate    # the simulated hosts and cloud, not the tool's
     journal = Journal(f"sqlite:///{run / 'journal.sqlite'}", Actor("bench"))
     novadb = NovaDatabases(f"sqlite:///{run / 'cell.sqlite'}", f"sqlite:///{run / 'api.sqlite'}")
     purger = Purger(journal, novadb, hosts=hosts, cloud=cloud)
@@ -287,7 +298,7 @@ def child(args) -> dict:
         results[outcome.result] = results.get(outcome.result, 0) + 1
     failed = [o.as_dict() for o in outcomes if o.result != "succeeded"][:5]
     report = {"vms": len(vms), "wall_s": wall, "results": results, "failed_examples": failed,
-              "rss_baseline_mb": baseline, "rss_peak_mb": rss_mb(),
+              "rss_baseline_mb": baseline, "rss_peak_mb": rss_mb(), "rss_estate_mb": estate_mb,
               "connections": hosts.connections_opened(),
               "peak_channels": {n: hosts.runner(n).peak_channels
                                 for n in hosts.connections_opened()},
@@ -394,6 +405,8 @@ def main():
         "vms_per_s": round(args.vms / wall, 1), "cpu_s": round(batch["cpu_s"], 1),
         "rss_peak_mb": round(batch["rss_peak_mb"], 1),
         "rss_before_batch_mb": round(batch["rss_baseline_mb"], 1),
+        "rss_estate_mb": round(batch["rss_estate_mb"], 1),
+        "rss_peak_without_estate_mb": round(batch["rss_peak_mb"] - batch["rss_estate_mb"], 1),
         "ssh_connections_per_host": sorted(set(batch["connections"].values())),
         "peak_channels_max": max(batch["peak_channels"].values()),
         "host_commands": commands, "api_calls": batch["api_calls"],
@@ -413,7 +426,9 @@ def main():
     print(f"  wall time          {wall:8.1f} s   ({args.vms / wall:.1f} VMs/s, "
           f"CPU {batch['cpu_s']:.0f} s)")
     print(f"  peak RSS           {batch['rss_peak_mb']:8.0f} MB  (before the batch: "
-          f"{batch['rss_baseline_mb']:.0f} MB)")
+          f"{batch['rss_baseline_mb']:.0f} MB, of which the simulated estate "
+          f"{batch['rss_estate_mb']:.0f} MB: {figures['rss_peak_without_estate_mb']:.0f} MB "
+          f"without it)")
     print(f"  SSH connections    {sorted(set(batch['connections'].values()))} per host; "
           f"at most {figures['peak_channels_max']} commands in flight on a host")
     print(f"  remote operations  {commands} host commands, {batch['api_calls']} API calls")

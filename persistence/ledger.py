@@ -143,6 +143,9 @@ class VmLedger:
         self._ledger = ledger
         self.purge_id = purge_id
         self.vm_uuid = vm_uuid
+        # (atom, resource) -> the live before-state (JSON) this binding recorded or found: a
+        # step's record_after follows its record_before, under the VM's lock, so it is still live
+        self._recorded = {}
 
     def _append(self, atom, resource, phase, outcome, **fields) -> int:
         return self._ledger.append(purge_id=self.purge_id, vm_uuid=self.vm_uuid, atom=atom,
@@ -152,17 +155,24 @@ class VmLedger:
         """Commit the before-state of a change about to be made; a re-run gets the first one back."""
         earlier = self.before(atom, resource)
         if earlier is not None:
+            self._recorded[(atom, resource)] = _dumps(earlier.state)
             return earlier
+        self._recorded[(atom, resource)] = _dumps(state)
         entry_id = self._append(atom, resource, INTENT, "pending", before=state, target=target,
                                 argv=argv)
         return Entry(entry_id, atom, resource, INTENT, state)
 
     def record_after(self, atom: str, resource: str, state, *, target=None, outcome="applied"):
-        before = self.before(atom, resource)
-        self._append(atom, resource, APPLIED, outcome, before=before.state if before else None,
-                     after=state, target=target)
+        recorded = self._recorded.get((atom, resource))
+        if recorded is not None:
+            before = json.loads(recorded)
+        else:
+            entry = self.before(atom, resource)
+            before = entry.state if entry else None
+        self._append(atom, resource, APPLIED, outcome, before=before, after=state, target=target)
 
     def record_reverted(self, atom: str, resource: str, state, *, target=None):
+        self._recorded.pop((atom, resource), None)
         self._append(atom, resource, REVERTED, "reverted", after=state, target=target)
 
     def note(self, atom: str, resource: str, outcome: str, detail=None, *, target=None):

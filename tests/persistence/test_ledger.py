@@ -36,6 +36,24 @@ def test_rerun_gets_the_first_before_state_back(ledger):
     assert len(ledger.rows(purge_id="p1")) == 1
 
 
+def test_applied_entry_carries_the_before_state_as_recorded(ledger):
+    """record_after repeats the live before-state, as recorded: not the caller's object changed
+    since, and after a re-run the first run's state."""
+    state = {"rows": [1, 2]}
+    vm = ledger.bind("p1", VM)
+    vm.record_before("Step:x", "r", state)
+    state["rows"].append(3)
+    vm.record_after("Step:x", "r", {"rows": []})
+    rerun = ledger.bind("p1", VM)
+    rerun.record_before("Step:x", "r", {"rows": ["other"]})
+    rerun.record_after("Step:x", "r", {"rows": []})
+    fresh = ledger.bind("p1", VM)   # a revert's binding, which recorded nothing itself
+    fresh.record_after("Step:x", "r", {"rows": []}, outcome="again")
+    intent, *applied = ledger.rows()
+    assert [json.loads(a["before"]) for a in applied] == [json.loads(intent["before"])] * 3
+    assert json.loads(intent["before"]) == {"rows": [1, 2]}
+
+
 def test_reverted_before_state_is_no_longer_live(ledger):
     vm = ledger.bind("p1", VM)
     vm.record_before("Step:x", "r", {"v": 1})
