@@ -94,12 +94,14 @@ class Ledger:
             "protected_digest": hashlib.sha256(protected.encode()).hexdigest() if protected else None,
             "operator": self.actor.operator, "ticket": self.actor.ticket,
             "os_user": self.actor.os_user, "machine": self.actor.machine, "pid": self.actor.pid,
-            "ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
             "target": None, "argv": None, **fields,
         }
         if isinstance(row["argv"], (list, tuple)):
             row["argv"] = _dumps(list(row["argv"]))
         with schema.chain_transaction(self.engine) as (conn, head):
+            # stamped once the chain is ours: entries' times follow the chain's order
+            row["ts"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="microseconds")
             row["prev_hash"] = head["last_hash"]
             row["hash"] = entry_hash(head["last_hash"], row)
             new_id = conn.execute(_INSERT, row).inserted_primary_key[0]

@@ -115,6 +115,8 @@ def test_chain_stays_linear_under_concurrent_writers(tmp_path):
     assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
     ledger = Ledger(sa.create_engine(url), Actor(operator="x"))
     assert len(ledger.rows()) == 75 and ledger.verify() == []
+    times = [row["ts"] for row in ledger.rows()]    # stamped in the chain's order
+    assert times == sorted(times)
 
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(engine):
