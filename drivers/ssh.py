@@ -38,7 +38,7 @@ from novapurge.errors import BadInput, HostUnreachable, NovapurgeError
 
 LOG = logging.getLogger(__name__)
 
-HISTORY = 1000                                # commands kept per runner, for benchmarks and plans
+HISTORY = 1000      # commands kept per runner (argv, exit code, time: not their output), for benchmarks
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 _CHUNK = 65536
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -216,7 +216,7 @@ class Runner:
                 rc, stdout, stderr, timed_out = -1, partial.stdout, partial.stderr, True
         result = CommandResult(self.name, argv, rc, stdout, stderr,
                                round(time.monotonic() - started, 3))
-        self.history.append(result)
+        self._remember(result)
         LOG.debug("%s: %s -> rc %d in %.3f s%s", self.name, shown(argv), rc, result.seconds,
                   " (timed out)" if timed_out else "")
         if timed_out:
@@ -224,6 +224,12 @@ class Runner:
         if rc not in ok_codes:
             raise CommandFailed(result)
         return result
+
+    def _remember(self, result: CommandResult) -> None:
+        """Keep the command in the history without its output: a domain's XML or a listing of
+        every device, kept for the last commands of every host of a batch, is memory spent on
+        nothing the history is read for."""
+        self.history.append(dataclasses.replace(result, stdout="", stderr=""))
 
     def run_batch(self, commands, *, stop: bool = True,
                   timeout: float | None = None) -> list[CommandResult]:
@@ -249,14 +255,14 @@ class Runner:
         results = [CommandResult(self.name, argv, rc, out, err, seconds, len(commands))
                    for (argv, _), (rc, out, err) in zip(commands, answers)]
         for result in results:
-            self.history.append(result)
+            self._remember(result)
             LOG.debug("%s: %s -> rc %d (batch of %d in %.3f s)", self.name, shown(result.argv),
                       result.rc, len(commands), seconds)
         if timed_out is not None:
             argv = commands[len(results)][0] if len(results) < len(commands) else commands[-1][0]
             result = CommandResult(self.name, argv, -1, timed_out.stdout, timed_out.stderr,
                                    seconds, len(commands))
-            self.history.append(result)
+            self._remember(result)
             raise CommandTimeout(result, timeout)
         if stop:
             for result, (_, ok_codes) in zip(results, commands):
