@@ -38,7 +38,7 @@ from novapurge.errors import BadInput, HostUnreachable, NovapurgeError
 
 LOG = logging.getLogger(__name__)
 
-HISTORY = 1000      # commands kept per runner (argv, exit code, time: not their output), for benchmarks
+HISTORY = 1000      # commands kept per runner, for benchmarks: argv, exit code, time (no output)
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 _CHUNK = 65536
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

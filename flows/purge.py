@@ -52,9 +52,14 @@ def flow_shape(facts: dict, *, consoles: bool, cloud: bool, delete_volumes: str 
     }
 
 
-def _together(name, tasks):
-    """The tasks as one unit: the task itself, or an unordered flow when there are several."""
-    return tasks[0] if len(tasks) == 1 else unordered_flow.Flow(name).add(*tasks)
+def _together(name, items):
+    """The items side by side: the item itself, or an unordered flow when there are several."""
+    return items[0] if len(items) == 1 else unordered_flow.Flow(name).add(*items)
+
+
+def _in_order(name, items):
+    """The items one after the other: the item itself, or a linear flow when there are several."""
+    return items[0] if len(items) == 1 else linear_flow.Flow(name).add(*items)
 
 
 def _finalize(vm_uuid, purge_id, name, *tasks):
@@ -68,10 +73,11 @@ def purge_flow(vm_uuid: str, options: dict) -> linear_flow.Flow:
     """One VM's purge. options: purge_id, force, skip (step groups), hold (stop at the point of
     no return), shape (see flow_shape).
 
-    Built from linear and unordered flows (TaskFlow's graph flow copies its graph on every link,
-    a third of the cost of building a flow): discover, guard, then side by side the skipped-groups
-    note and [domain identity check, then side by side the API/placement steps and the host
-    chain followed by the database chain], the point of no return, the finalize subflows.
+    Built from linear and unordered flows (TaskFlow's graph flow copies its whole graph on every
+    link, about half the cost of building a flow): discover, guard, then side by side the
+    skipped-groups note and [domain identity check, then side by side the API/placement steps
+    and the host chain followed by the database chain], the point of no return, the finalize
+    subflows.
     """
     purge_id, skip = options["purge_id"], set(options.get("skip") or ())
     shape = options.get("shape") or {}
@@ -86,15 +92,13 @@ def purge_flow(vm_uuid: str, options: dict) -> linear_flow.Flow:
     chain = [_together(f"layer:{vm_uuid}:{i}", layer) for i, layer in enumerate(layers) if layer]
     changes = [step(vm_uuid, purge_id) for step in _side_steps(shape, skip)]
     if chain:
-        changes.append(chain[0] if len(chain) == 1 else
-                       linear_flow.Flow(f"chain:{vm_uuid}").add(*chain))
+        changes.append(_in_order(f"chain:{vm_uuid}", chain))
     gated = [VerifyDomainIdentity(vm_uuid, purge_id)] if host is not None else []
     if changes:
         gated.append(_together(f"changes:{vm_uuid}", changes))
     reversible = [NoteSkippedGroups(vm_uuid, purge_id, sorted(skip))] if skip else []
     if gated:
-        reversible.append(gated[0] if len(gated) == 1 else
-                          linear_flow.Flow(f"gated:{vm_uuid}").add(*gated))
+        reversible.append(_in_order(f"gated:{vm_uuid}", gated))
     flow = linear_flow.Flow(f"purge:{vm_uuid}")
     flow.add(DiscoverInstance(vm_uuid, purge_id),
              GuardInstance(vm_uuid, purge_id, force=bool(options.get("force"))))

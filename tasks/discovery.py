@@ -39,19 +39,23 @@ def _flavor(extra_rows, instance):
             "memory_mb": current.get("memory_mb", instance["memory_mb"])}
 
 
+def _iscsi_paths(bdms) -> set:
+    """The iSCSI paths (target keys) of block device mapping rows."""
+    return {target_key(t) for t in iscsi_targets(
+        [dict(b, connection_info=_json(b.get("connection_info"))) for b in bdms])}
+
+
 def _shared_targets(db, conn, host, vm_uuid, own_bdms) -> set:
     """iSCSI paths of `vm_uuid` that other live instances on `host` also use (kept): looked up
     only when the instance has iSCSI paths, in one statement for all its neighbours."""
-    own = {target_key(t) for t in iscsi_targets(
-        [dict(b, connection_info=_json(b.get("connection_info"))) for b in own_bdms])}
+    own = _iscsi_paths(own_bdms)
     if not own:
         return set()
     others = tuple(r["uuid"] for r in db.select(conn, "instances", {"host": host, "deleted": 0})
                    if r["uuid"] != vm_uuid)
     bdms = db.select(conn, "block_device_mapping",
                      {"instance_uuid": others, "deleted": 0}) if others else []
-    return own & {target_key(t) for t in iscsi_targets(
-        [dict(b, connection_info=_json(b.get("connection_info"))) for b in bdms])}
+    return own & _iscsi_paths(bdms)
 
 
 def discover_facts(drivers, vm_uuid: str) -> dict:

@@ -2,6 +2,8 @@
 
 import json
 
+import sqlalchemy as sa
+
 from novapurge import context
 from novapurge.drivers.novadb import NovaDatabases
 from novapurge.persistence.ledger import Actor, Ledger
@@ -19,10 +21,9 @@ def _neighbour_with_target_of(nova, vm_uuid, share: bool) -> str:
         mine, = [r for r in nova.rows("cell", "block_device_mapping", instance_uuid=vm_uuid)
                  if r["connection_info"]]
         with nova.cell.begin() as conn:
-            conn.exec_driver_sql(
-                "UPDATE block_device_mapping SET connection_info = %s WHERE instance_uuid = %s"
-                .replace("%s", "?" if nova.backend == "sqlite" else "%s"),
-                (mine["connection_info"], neighbour))
+            conn.execute(sa.text("UPDATE block_device_mapping SET connection_info = :info "
+                                 "WHERE instance_uuid = :uuid"),
+                         {"info": mine["connection_info"], "uuid": neighbour})
     return neighbour
 
 
