@@ -41,6 +41,11 @@ LOG = logging.getLogger(__name__)
 HISTORY = 1000      # commands kept per runner, for benchmarks: argv, exit code, time (no output)
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 _CHUNK = 65536
+# Longest wait on a channel's readiness pipe before its buffers are looked at again: paramiko
+# signals stdout and stderr data through one pipe shared by both (an "or" pipe) and can miss a
+# wakeup when both arrive while the other is being read, which left a batch's end marker unread
+# until the command timeout (seen once under load: a revert failed after 120 s).
+_RECHECK_S = 0.25
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 _SECRET_NAME = re.compile(r"password|secret", re.IGNORECASE)
@@ -597,8 +602,9 @@ def _read_until(channel: paramiko.Channel, deadline: float, out_tail: bytes,
         if channel.eof_received or channel.closed:
             raise _Lost("end of output")
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(remaining * 1000):
+        if remaining <= 0:
             raise _TimedOut(_text([out]), _text([err]))
+        poller.poll(min(remaining, _RECHECK_S) * 1000)
 
 
 def _read_all(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
@@ -618,8 +624,9 @@ def _read_all(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
                     parts.append(chunk)
             return _text(out), _text(err)
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(remaining * 1000):
+        if remaining <= 0:
             raise _TimedOut(_text(out), _text(err))
+        poller.poll(min(remaining, _RECHECK_S) * 1000)
 
 
 def _append_known_host(path: str, hostname: str, key: paramiko.PKey) -> None:

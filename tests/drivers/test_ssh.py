@@ -2,6 +2,7 @@
 per host with bounded channels, known-hosts policy, reconnect, unreachable hosts, local runs."""
 
 import logging
+import os
 import socket
 import stat
 import threading
@@ -9,6 +10,7 @@ import time
 
 import pytest
 
+from novapurge.drivers import ssh
 from novapurge.drivers.ssh import (CommandFailed, CommandTimeout, HostAddress, HostKeyUnknown,
                                    HostPool, LocalRunner, SshOptions, quote_argv)
 from novapurge.errors import BadInput, HostUnreachable
@@ -383,3 +385,48 @@ def test_local_runner_batches_too(tmp_path):
     with pytest.raises(CommandFailed):
         runner.run_batch([(["sh", "-c", "exit 2"], (0,)), (["touch", str(tmp_path / "x")], (0,))])
     assert not (tmp_path / "x").exists()
+
+
+class _SilentPipeChannel:
+    """A channel whose readiness pipe never fires although data arrives: paramiko's shared
+    stdout/stderr pipe can miss such a wakeup."""
+
+    def __init__(self, out: bytes, err: bytes, after: float):
+        self._read_end, self._write_end = os.pipe()   # never written
+        self._out, self._err, self._at = out, err, time.monotonic() + after
+        self.eof_received = self.closed = False
+
+    def fileno(self):
+        return self._read_end
+
+    def _arrived(self):
+        return time.monotonic() >= self._at
+
+    def recv_ready(self):
+        return self._arrived() and bool(self._out)
+
+    def recv_stderr_ready(self):
+        return self._arrived() and bool(self._err)
+
+    def recv(self, _size):
+        data, self._out = self._out, b""
+        return data
+
+    def recv_stderr(self, _size):
+        data, self._err = self._err, b""
+        return data
+
+    def close(self):
+        os.close(self._read_end)
+        os.close(self._write_end)
+
+
+def test_output_is_read_even_when_the_channel_misses_a_wakeup():
+    channel = _SilentPipeChannel(b"done\nEND\n", b"warning\nEND\n", after=0.3)
+    try:
+        started = time.monotonic()
+        out, err = ssh._read_until(channel, started + 5, b"\nEND\n", b"\nEND\n")
+        assert (out, err) == (b"done\nEND\n", b"warning\nEND\n")
+        assert time.monotonic() - started < 2
+    finally:
+        channel.close()
