@@ -38,7 +38,9 @@ from novapurge.errors import BadInput, HostUnreachable, NovapurgeError
 
 LOG = logging.getLogger(__name__)
 
-HISTORY = 1000      # commands kept per runner, for benchmarks: argv, exit code, time (no output)
+# Last commands kept per runner (argv, exit code, time; no output), for tests and benchmarks that
+# look at what one purge ran; per host of a batch, so it stays short.
+HISTORY = 200
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 _CHUNK = 65536
 # Longest wait on a channel's readiness pipe before its buffers are looked at again: paramiko

@@ -49,7 +49,12 @@ MYSQL_MAX_OVERFLOW = 24
 MYSQL_CONNECT_TIMEOUT_S = 5
 MYSQL_PING_AFTER_IDLE_S = 30.0  # well under MariaDB's wait_timeout (8 h) and any proxy's idle cut
 POOL_RECYCLE_S = 3600
-WRITTEN_REMEMBERED = 8192     # atoms whose last write is remembered (progress-only saves skipped)
+# Atoms whose last write is remembered, to skip their progress-only saves. TaskFlow makes those
+# right after the same atom's state save, and at most MAX_STEP_THREADS (512) atoms run at once,
+# so the entry is still there when it is needed; an entry evicted early costs one UPDATE, never a
+# lost write. The rows hold the atoms' results (a VM's facts): a bigger cache was most of what a
+# batch kept in memory after its VMs ended.
+WRITTEN_REMEMBERED = 1024
 _PROGRESS_KEYS = ("progress", "progress_details")
 POOL_TIMEOUT_S = 60
 
