@@ -253,9 +253,14 @@ def _atom_row(atom_detail) -> dict:
 
 
 def _but_progress(row: dict) -> dict:
-    """An atom's UPDATE parameters without its progress (meta.progress, progress_details)."""
+    """An atom's UPDATE parameters without its progress (meta.progress, progress_details).
+
+    Always a new meta dict: the row's is the atom detail's own, which TaskFlow changes in place
+    (it adds the progress right after the RUNNING save), and a remembered row sharing it would
+    no longer match the next save, which would then be written for nothing.
+    """
     meta = row.get("meta")
-    if not meta or not any(key in meta for key in _PROGRESS_KEYS):
+    if not isinstance(meta, dict):
         return row
     return dict(row, meta={k: v for k, v in meta.items() if k not in _PROGRESS_KEYS})
 

@@ -121,6 +121,25 @@ def test_flow_run_persists_every_atom_state_and_result(backend, journal_url):
         stock.close()
 
 
+def test_a_task_costs_two_atom_writes_its_progress_none(backend):
+    """RUNNING and SUCCESS are written; the progress TaskFlow saves after each is not (it once
+    was, after RUNNING: the remembered row shared the meta TaskFlow then changed in place)."""
+    writes = []
+
+    def count(_conn, _cursor, statement, _params, _context, _many):
+        if statement.lstrip().upper().startswith("UPDATE ATOMDETAILS"):
+            writes.append(statement)
+
+    sa.event.listen(engine_of(backend), "before_cursor_execute", count)
+    try:
+        run_flow(backend, linear_flow.Flow("writes").add(*(Step(f"s-{i}") for i in range(4))))
+    finally:
+        sa.event.remove(engine_of(backend), "before_cursor_execute", count)
+
+    # and one statement more: the flow's last save, with every atom's final progress
+    assert len(writes) == 2 * 4 + 1
+
+
 def test_failed_flow_persists_failure_and_reverts(backend, journal_url):
     flow = linear_flow.Flow("revert").add(Step("step-1"), Step("step-2"), Explode("step-3"))
 
