@@ -587,13 +587,29 @@ class _Lost(Exception):
     """Internal: the channel ended (EOF) before the expected output."""
 
 
+def _readiness(channel: paramiko.Channel) -> "select.poll":
+    """A poller on the channel's readiness pipe (not select(): descriptors above 1024 with many
+    hosts)."""
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    return poller
+
+
+def _wait_for_data(poller, deadline: float, out_parts, err_parts) -> None:
+    """Wait for the readiness pipe, never longer than _RECHECK_S (the pipe can miss a wakeup);
+    _TimedOut with what was read so far once the deadline has passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _TimedOut(_text(out_parts), _text(err_parts))
+    poller.poll(min(remaining, _RECHECK_S) * 1000)
+
+
 def _read_until(channel: paramiko.Channel, deadline: float, out_tail: bytes,
                 err_tail: bytes | None) -> tuple[bytes, bytes]:
     """stdout and stderr, read together, until stdout ends with `out_tail` and stderr with
     `err_tail` (None: stderr is not waited for). _Lost at EOF, _TimedOut at the deadline."""
     out, err = bytearray(), bytearray()
-    poller = select.poll()
-    poller.register(channel.fileno(), select.POLLIN)
+    poller = _readiness(channel)
     while True:
         while channel.recv_ready():
             out += channel.recv(_CHUNK)
@@ -603,18 +619,14 @@ def _read_until(channel: paramiko.Channel, deadline: float, out_tail: bytes,
             return bytes(out), bytes(err)
         if channel.eof_received or channel.closed:
             raise _Lost("end of output")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _TimedOut(_text([out]), _text([err]))
-        poller.poll(min(remaining, _RECHECK_S) * 1000)
+        _wait_for_data(poller, deadline, [out], [err])
 
 
 def _read_all(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
     """stdout and stderr until EOF, read together (reading one alone can fill the window and
     stall the remote command on the other)."""
     out, err = [], []
-    poller = select.poll()            # not select(): descriptors above 1024 with many hosts
-    poller.register(channel.fileno(), select.POLLIN)
+    poller = _readiness(channel)
     while True:
         while channel.recv_ready():
             out.append(channel.recv(_CHUNK))
@@ -625,10 +637,7 @@ def _read_all(channel: paramiko.Channel, deadline: float) -> tuple[str, str]:
                 while chunk := receive(_CHUNK):
                     parts.append(chunk)
             return _text(out), _text(err)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _TimedOut(_text(out), _text(err))
-        poller.poll(min(remaining, _RECHECK_S) * 1000)
+        _wait_for_data(poller, deadline, out, err)
 
 
 def _append_known_host(path: str, hostname: str, key: paramiko.PKey) -> None:

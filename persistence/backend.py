@@ -21,7 +21,8 @@ Durability: every TaskFlow save is its own committed transaction. SQLite runs WA
 death of the process *and* of the machine. NORMAL would survive only the process (WAL pages sit in
 the OS cache until a checkpoint); it was not needed: FULL costs one fsync (0.25-1.3 ms on the test
 VM) per save, and the journal stays at about 2 ms per task (TaskFlow saves a task four times,
-two of which are written). MySQL/MariaDB commits normally (InnoDB's `innodb_flush_log_at_trx_commit` decides the fsync).
+two of which are written). MySQL/MariaDB commits normally (InnoDB's
+`innodb_flush_log_at_trx_commit` decides the fsync).
 """
 
 import collections
