@@ -89,7 +89,8 @@ def open_backend(url: str) -> "JournalBackend":
         raise BadInput(f"cannot connect to the journal database {_where(parsed)} ({shown}): "
                        f"{_reason(err, parsed)}") from None
     try:
-        backend.get_connection().upgrade()
+        with writers.serialized(backend.engine):   # two processes opening a new SQLite file
+            backend.get_connection().upgrade()
     except tf_exc.StorageFailure as err:
         backend.close()
         cause = err.cause if isinstance(err.cause, Exception) else err

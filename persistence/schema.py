@@ -56,8 +56,8 @@ locks = sa.Table(
 
 def create(engine: sa.engine.Engine) -> None:
     """Create the tables (idempotent) and the chain head row."""
-    metadata.create_all(engine)
-    with engine.begin() as conn:
+    with writers.write_transaction(engine) as conn:
+        metadata.create_all(conn)
         if conn.execute(sa.select(ledger_head.c.id)).first() is None:
             try:
                 with conn.begin_nested():

@@ -1,0 +1,77 @@
+"""Writers of one SQLite file queue, across threads and across processes."""
+
+import subprocess
+import sys
+import time
+
+import sqlalchemy as sa
+
+from novapurge.persistence import writers
+
+HOLD_IN_CHILD = """
+import pathlib, sys, time
+import sqlalchemy as sa
+from novapurge.persistence import writers
+engine = sa.create_engine(sys.argv[1])
+with writers.serialized(engine):
+    pathlib.Path(sys.argv[2]).write_text("held")
+    time.sleep(1.0)
+    pathlib.Path(sys.argv[3]).write_text(repr(time.time()))
+"""
+
+OPEN_JOURNAL = """
+import pathlib, sys, time
+from novapurge.persistence.journal import Journal
+from novapurge.persistence.ledger import Actor
+go = pathlib.Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+Journal(sys.argv[1], Actor("t")).close()
+"""
+
+
+def _wait_for(path, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_a_writer_of_another_process_waits_for_the_lock(tmp_path):
+    url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+    held, released = tmp_path / "held", tmp_path / "released"
+    child = subprocess.Popen([sys.executable, "-c", HOLD_IN_CHILD, url, str(held),
+                              str(released)])
+    try:
+        _wait_for(held)
+        engine = sa.create_engine(url)
+        with writers.serialized(engine):
+            acquired = time.time()
+            assert released.exists()    # not before the other process let go
+        assert acquired >= float(released.read_text())
+        assert (tmp_path / f"j.sqlite{writers.LOCK_SUFFIX}").exists()
+    finally:
+        assert child.wait(timeout=30) == 0
+
+
+def test_the_lock_is_reentrant_in_a_thread_and_free_for_others_after(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'j.sqlite'}")
+    with writers.serialized(engine), writers.write_transaction(engine) as conn:
+        conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+    # released: another process gets it at once
+    probe = subprocess.run([sys.executable, "-c", HOLD_IN_CHILD.replace("1.0", "0"),
+                            str(engine.url), str(tmp_path / "h"), str(tmp_path / "r")],
+                           timeout=30)
+    assert probe.returncode == 0 and (tmp_path / "r").exists()
+
+
+def test_processes_opening_a_new_journal_at_once_all_succeed(tmp_path):
+    url, go = f"sqlite:///{tmp_path / 'journal.sqlite'}", tmp_path / "go"
+    openers = [subprocess.Popen([sys.executable, "-c", OPEN_JOURNAL, url, str(go)],
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(1.0)     # every interpreter started, polling for the go
+    go.write_text("go")
+    errors = [opener.communicate(timeout=60)[1] for opener in openers]
+    assert [opener.returncode for opener in openers] == [0, 0, 0, 0], errors
+    with sa.create_engine(url).connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM novapurge_ledger_head")).scalar() == 1
