@@ -18,6 +18,12 @@ file alone is megabytes, rewritten on every call under one lock, which would mea
 simulator. Their latency is the point: every host command sleeps `--latency` (SimHost's
 set_latency) and every API call `--api-latency` (SandboxCloud's set_latency), outside any lock.
 
+With `--processes N`, N such processes run side by side, each purging every N-th VM (whole
+hosts, so each host still has one SSH connection) against the same journal and Nova database
+files: what N `novapurge purge --from-file` runs (or N conductors) on one machine do. The wall
+time is then from the first process's start to the last one's end, CPU and remote operations are
+summed, the peak RSS is the largest process's.
+
 Reported: wall time of the batch (from the first preflight to the last VM's end), VMs/s, peak
 RSS of the process (and what it was before the batch: the simulated estate and the drivers;
 the estate's share is what loading it added, and the peak without it is what the tool itself
@@ -282,6 +288,8 @@ def child(args) -> dict:
     alone = args.alone
     if alone:
         vms = vms[:1]
+    index, shares = (int(part) for part in args.share.split("/"))
+    vms = vms[index::shares]      # VM i is on host i % hosts: shares of whole hosts
     for state in estate["hosts"].values():
         state["latency"] = args.latency
     estate["cloud"]["latency"] = args.api_latency
@@ -293,7 +301,7 @@ def child(args) -> dict:
     novadb = NovaDatabases(f"sqlite:///{run / 'cell.sqlite'}", f"sqlite:///{run / 'api.sqlite'}")
     purger = Purger(journal, novadb, hosts=hosts, cloud=cloud)
     baseline = rss_mb()
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     purge_id, outcomes = purger.purge([vm["uuid"] for vm in vms], parallel=args.parallel)
     wall = time.monotonic() - started
     results = {}
@@ -306,7 +314,8 @@ def child(args) -> dict:
               "peak_channels": {n: hosts.runner(n).peak_channels
                                 for n in hosts.connections_opened()},
               "host_commands": {n: m["commands"] for n, m in hosts.meters.items()},
-              "api_calls": cloud.calls, "cpu_s": sum(os.times()[:2])}
+              "api_calls": cloud.calls, "cpu_s": sum(os.times()[:2]),
+              "started_at": started_at, "ended_at": started_at + wall}
     if alone:
         report["critical_path"] = _critical_path(purger, purge_id, vms[0]["uuid"], hosts, cloud,
                                                  args)
@@ -369,14 +378,51 @@ def _critical_path(purger, purge_id, vm_uuid, hosts, cloud, args) -> dict:
 
 
 def measure(template, directory, args, alone=False) -> dict:
+    """One measurement: the VM alone, or the batch in `--processes` child processes at once
+    (each purging its share of the list against the same journal and Nova databases)."""
     run = fresh_copy(template, directory / ("run-alone" if alone else "run-batch"))
+    shares = 1 if alone else args.processes
+    if shares > 1:      # the journal exists before they start, as it would in real use
+        from novapurge.persistence.journal import Journal
+        from novapurge.persistence.ledger import Actor
+        Journal(f"sqlite:///{run / 'journal.sqlite'}", Actor("bench")).close()
     command = [sys.executable, __file__, "--child", str(run), "--latency", str(args.latency),
                "--api-latency", str(args.api_latency), "--parallel", str(args.parallel),
                "--host-limit", str(args.host_limit)] + (["--alone"] if alone else [])
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode:
-        sys.exit(f"measurement failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    procs = [subprocess.Popen(command + ["--share", f"{i}/{shares}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for i in range(shares)]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            sys.exit(f"measurement failed (rc {proc.returncode}):\n{err[-4000:]}")
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports[0] if shares == 1 else merge_shares(reports)
+
+
+def merge_shares(reports) -> dict:
+    """The batch as the processes made it together: from the first start to the last end."""
+    merged = {"vms": sum(r["vms"] for r in reports),
+              "wall_s": max(r["ended_at"] for r in reports) - min(r["started_at"]
+                                                                   for r in reports),
+              "results": {}, "failed_examples": [], "connections": {}, "peak_channels": {},
+              "host_commands": {}, "api_calls": sum(r["api_calls"] for r in reports),
+              "cpu_s": sum(r["cpu_s"] for r in reports),
+              "rss_peak_mb": max(r["rss_peak_mb"] for r in reports),
+              "rss_baseline_mb": max(r["rss_baseline_mb"] for r in reports),
+              "rss_estate_mb": max(r["rss_estate_mb"] for r in reports),
+              "processes": len(reports)}
+    for report in reports:
+        merged["failed_examples"] += report["failed_examples"][:5 - len(merged["failed_examples"])]
+        for result, count in report["results"].items():
+            merged["results"][result] = merged["results"].get(result, 0) + count
+        for key in ("connections", "host_commands"):
+            for host, count in report[key].items():
+                merged[key][host] = merged[key].get(host, 0) + count
+        for host, peak in report["peak_channels"].items():
+            merged["peak_channels"][host] = max(peak, merged["peak_channels"].get(host, 0))
+    return merged
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -397,13 +443,20 @@ def main():
     parser.add_argument("--api-latency", type=float, default=0.05)
     parser.add_argument("--parallel", type=int, default=128)
     parser.add_argument("--host-limit", type=int, default=8)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="batch processes side by side, each purging its share of the VMs "
+                             "(whole hosts) against one journal, as several `purge --from-file` "
+                             "runs or conductors on one machine would [default: 1]")
     parser.add_argument("--connect-cost", type=float, default=None,
                         help="a new SSH connection, on top of each command [default: --latency]")
     parser.add_argument("--dir", type=pathlib.Path, default=DEFAULT_DIR)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--alone", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--share", default="0/1", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.processes < 1 or args.hosts % args.processes:
+        parser.error("--processes must be at least 1 and divide --hosts (shares of whole hosts)")
     if args.child:
         print(json.dumps(child(args)))
         return
@@ -412,7 +465,8 @@ def main():
     print(f"preparing {args.vms} VMs over {args.hosts} hosts in {args.dir} ...", file=sys.stderr)
     template = prepare(args.dir, args.vms, args.hosts)
     calibration = measure(template, args.dir, args, alone=True)
-    print(f"running the batch (parallel {args.parallel}, host limit {args.host_limit}) ...",
+    print(f"running the batch (parallel {args.parallel}, host limit {args.host_limit}, "
+          f"{args.processes} process{'es' if args.processes > 1 else ''}) ...",
           file=sys.stderr)
     batch = measure(template, args.dir, args)
 
@@ -426,7 +480,7 @@ def main():
     figures = {
         "vms": args.vms, "hosts": args.hosts, "latency_s": args.latency,
         "api_latency_s": args.api_latency, "parallel": args.parallel,
-        "host_limit": args.host_limit, "results": batch["results"],
+        "host_limit": args.host_limit, "processes": args.processes, "results": batch["results"],
         "failed_examples": batch["failed_examples"], "wall_s": round(wall, 2),
         "vms_per_s": round(args.vms / wall, 1), "cpu_s": round(batch["cpu_s"], 1),
         "rss_peak_mb": round(batch["rss_peak_mb"], 1),
@@ -449,7 +503,8 @@ def main():
         return
     print(f"{args.vms} VMs over {args.hosts} hosts, {args.latency * 1000:g} ms per command, "
           f"{args.api_latency * 1000:g} ms per API call, parallel {args.parallel}, host limit "
-          f"{args.host_limit}")
+          f"{args.host_limit}" + (f", {args.processes} processes side by side, one journal"
+                                  if args.processes > 1 else ""))
     print(f"  results            {batch['results']}")
     print(f"  wall time          {wall:8.1f} s   ({args.vms / wall:.1f} VMs/s, "
           f"CPU {batch['cpu_s']:.0f} s)")
