@@ -14,19 +14,21 @@ TaskFlow reads what we write); only the cost is cut:
 - `update_atom_details` is one UPDATE instead of SELECT + merge + UPDATE (none at all for a
   save that changes only the task's progress: TaskFlow makes two per task), and
   `update_flow_details` writes only new and changed atoms (see `JournalConnection`).
-A save is then two round trips on MySQL (UPDATE, COMMIT) and one fsync on SQLite.
+- on SQLite, saves made while another is being written are committed together with it
+  (`writers.commit`: one transaction and one fsync for the group, each save returning only once
+  its group committed).
+A save is then two round trips on MySQL (UPDATE, COMMIT) and at most one fsync on SQLite.
 
-Durability: every TaskFlow save is its own committed transaction. SQLite runs WAL with
-`synchronous=FULL`, which fsyncs the WAL on every commit, so a committed transition survives the
-death of the process *and* of the machine. NORMAL would survive only the process (WAL pages sit in
-the OS cache until a checkpoint); it was not needed: FULL costs one fsync (0.25-1.3 ms on the test
-VM) per save, and the journal stays at about 2 ms per task (TaskFlow saves a task four times,
-two of which are written). MySQL/MariaDB commits normally (InnoDB's
-`innodb_flush_log_at_trx_commit` decides the fsync).
+Durability: every TaskFlow save is committed before it returns, as its own transaction (MySQL)
+or in a group of saves (SQLite). SQLite runs WAL with `synchronous=FULL`, which fsyncs the WAL on
+every commit, so a committed transition survives the death of the process *and* of the machine.
+NORMAL would survive only the process (WAL pages sit in the OS cache until a checkpoint); it was
+not needed: FULL costs one fsync (0.25-1.3 ms on the test VM) per commit, and the journal stays
+at about 1-2 ms per task (TaskFlow saves a task four times, two of which are written).
+MySQL/MariaDB commits normally (InnoDB's `innodb_flush_log_at_trx_commit` decides the fsync).
 """
 
 import collections
-import contextlib
 import os
 import threading
 import time
@@ -61,7 +63,7 @@ POOL_TIMEOUT_S = 60
 
 _ACCEPTED = "sqlite:///PATH, sqlite:// (in memory) or mysql+pymysql://USER@HOST[:PORT]/DB"
 _CHECKED_IN_AT = "novapurge_checked_in_at"
-_COMMITTED = "novapurge_committed"  # set by JournalConnection right after its commit
+_COMMITTED = writers.COMMITTED   # set right after one of our commits (writers.commit)
 
 
 def open_backend(url: str) -> "JournalBackend":
@@ -159,14 +161,6 @@ class JournalConnection(impl_sqlalchemy.Connection):
         self._flow_atoms = sa.select(atoms).where(
             atoms.c.parent_uuid == sa.bindparam("parent_uuid"))
 
-    @contextlib.contextmanager
-    def _write(self):
-        """A transaction on a pooled connection; once it committed, the pool skips its rollback."""
-        with writers.serialized(self._engine), self._engine.connect() as conn:
-            with conn.begin():
-                yield conn
-            conn.info[_COMMITTED] = True
-
     def update_atom_details(self, atom_detail):
         """Persist an atom detail: one UPDATE in its own transaction; NotFound if it is unknown.
 
@@ -181,12 +175,13 @@ class JournalConnection(impl_sqlalchemy.Connection):
                 self._written.move_to_end(row["match_uuid"])
                 return atom_detail
         try:
-            with self._write() as conn:
-                if conn.execute(self._update_atom, row).rowcount == 0:
-                    raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
+            updated = writers.commit(self._engine,
+                                     lambda conn: conn.execute(self._update_atom, row).rowcount)
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure, "Failed updating atom details with"
                                     f" uuid '{atom_detail.uuid}'")
+        if updated == 0:
+            raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
         with self._written_lock:
             self._written[row["match_uuid"]] = unchanged
             if len(self._written) > WRITTEN_REMEMBERED:
@@ -200,8 +195,8 @@ class JournalConnection(impl_sqlalchemy.Connection):
         a batch that adds its VMs one by one that is quadratic.
         """
         try:
-            with self._write() as conn:
-                self._insert_flow_details(conn, flow_detail, book_uuid)
+            writers.commit(self._engine,
+                           lambda conn: self._insert_flow_details(conn, flow_detail, book_uuid))
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure, "Failed adding flow details with"
                                     f" uuid '{flow_detail.uuid}'")
@@ -217,33 +212,39 @@ class JournalConnection(impl_sqlalchemy.Connection):
         """
         flow_uuid = flow_detail.uuid
         try:
-            with self._write() as conn:
-                flow_row = {"meta": flow_detail.meta, "state": flow_detail.state,
-                            "match_uuid": flow_uuid}
-                if conn.execute(self._update_flow, flow_row).rowcount == 0:
-                    raise tf_exc.NotFound(f"No flow details found with uuid '{flow_uuid}'")
-                stored = {row.uuid: row._mapping
-                          for row in conn.execute(self._flow_atoms, {"parent_uuid": flow_uuid})}
-                changed, new = [], []
-                for ad in flow_detail:
-                    row = _atom_row(ad)
-                    have = stored.pop(ad.uuid, None)
-                    if have is None:
-                        new.append(_new_atom_row(ad, flow_uuid))
-                    elif any(have[key] != value for key, value in row.items()
-                             if key != "match_uuid"):
-                        changed.append(row)
-                if changed:
-                    conn.execute(self._update_atom, changed)
-                if new:
-                    conn.execute(self._insert_atom, new)
+            stored = writers.commit(self._engine, lambda conn: self._write_flow(conn, flow_detail))
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure, "Failed updating flow details with"
                                     f" uuid '{flow_uuid}'")
+        if stored is None:
+            raise tf_exc.NotFound(f"No flow details found with uuid '{flow_uuid}'")
         merged = flow_detail.copy()
         for row in stored.values():  # what is left: atoms only the database knew of
             merged.add(self._converter.convert_atom_detail(row))
         return merged
+
+    def _write_flow(self, conn, flow_detail):
+        """update_flow_details' statements; the stored atoms the caller did not know of, or None
+        when the flow is not stored."""
+        flow_uuid = flow_detail.uuid
+        flow_row = {"meta": flow_detail.meta, "state": flow_detail.state, "match_uuid": flow_uuid}
+        if conn.execute(self._update_flow, flow_row).rowcount == 0:
+            return None
+        stored = {row.uuid: row._mapping
+                  for row in conn.execute(self._flow_atoms, {"parent_uuid": flow_uuid})}
+        changed, new = [], []
+        for ad in flow_detail:
+            row = _atom_row(ad)
+            have = stored.pop(ad.uuid, None)
+            if have is None:
+                new.append(_new_atom_row(ad, flow_uuid))
+            elif any(have[key] != value for key, value in row.items() if key != "match_uuid"):
+                changed.append(row)
+        if changed:
+            conn.execute(self._update_atom, changed)
+        if new:
+            conn.execute(self._insert_atom, new)
+        return stored
 
 
 def _atom_row(atom_detail) -> dict:

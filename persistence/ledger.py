@@ -16,7 +16,7 @@ import socket
 
 import sqlalchemy as sa
 
-from novapurge.persistence import redact, schema
+from novapurge.persistence import redact, schema, writers
 
 INTENT, APPLIED, REVERTED, NOTE = "intent", "applied", "reverted", "note"
 _HASHED = ("purge_id", "vm_uuid", "atom", "resource", "phase", "outcome", "before", "after",
@@ -72,6 +72,19 @@ def _rows_query(columns: tuple):
             .order_by(schema.ledger.c.id))
 
 
+def _chain(row: dict, conn) -> int:
+    """Append `row` at the chain's head (held by the transaction: the file's writer on SQLite,
+    the head row's lock on MySQL) and move the head; the new entry's id."""
+    head = schema.chain_head(conn)
+    # stamped once the chain is ours: entries' times follow the chain's order
+    row = dict(row, ts=datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="microseconds"), prev_hash=head["last_hash"])
+    row["hash"] = entry_hash(head["last_hash"], row)
+    new_id = conn.execute(_INSERT, row).inserted_primary_key[0]
+    conn.execute(_ADVANCE_HEAD, {"new_id": new_id, "new_hash": row["hash"]})
+    return new_id
+
+
 class Ledger:
     """The ledger tables of one journal database."""
 
@@ -98,15 +111,7 @@ class Ledger:
         }
         if isinstance(row["argv"], (list, tuple)):
             row["argv"] = _dumps(list(row["argv"]))
-        with schema.chain_transaction(self.engine) as (conn, head):
-            # stamped once the chain is ours: entries' times follow the chain's order
-            row["ts"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="microseconds")
-            row["prev_hash"] = head["last_hash"]
-            row["hash"] = entry_hash(head["last_hash"], row)
-            new_id = conn.execute(_INSERT, row).inserted_primary_key[0]
-            conn.execute(_ADVANCE_HEAD, {"new_id": new_id, "new_hash": row["hash"]})
-        return new_id
+        return writers.commit(self.engine, functools.partial(_chain, row))
 
     def rows(self, purge_id=None, vm_uuid=None, atom=None, resource=None):
         """Ledger rows in chain order, optionally narrowed to a purge, VM, atom and resource."""

@@ -1,7 +1,5 @@
 """novapurge's own tables in the journal database, beside TaskFlow's: ledger, chain head, locks."""
 
-import contextlib
-
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
@@ -71,19 +69,8 @@ _HEAD = sa.select(ledger_head)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 
 
-@contextlib.contextmanager
-def chain_transaction(engine: sa.engine.Engine):
-    """A transaction holding the chain head exclusively, so appends form one chain."""
-    with writers.serialized(engine), engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            head = conn.execute(_HEAD).one()._mapping
-        else:
-            conn.begin()
-            head = conn.execute(_HEAD_FOR_UPDATE).one()._mapping
-        try:
-            yield conn, dict(head)
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
+def chain_head(conn) -> dict:
+    """The chain head, held until the transaction ends: on SQLite the transaction already holds
+    the file's write lock (writers.commit begins IMMEDIATE); on MySQL the row is locked."""
+    query = _HEAD if conn.dialect.name == "sqlite" else _HEAD_FOR_UPDATE
+    return dict(conn.execute(query).one()._mapping)

@@ -10,6 +10,14 @@ between processes; the kernel wakes the next waiter as soon as the lock is relea
 that does not take part (sqlite3, another tool) is still handled by `busy_timeout`.
 MySQL/MariaDB has row locks and needs none of this: the context is a no-op there.
 
+Group commit (`commit`): the journal's own writes (TaskFlow's saves, ledger entries) are small
+units of work, each of which used to be a transaction of its own: a pooled connection, BEGIN,
+its statements, COMMIT and an fsync, with the file's lock held throughout. Writers that queue
+for the lock now leave their work with it; the thread that holds the lock runs every work left
+so far in one transaction, so one COMMIT and one fsync make all of them durable, and each
+caller returns only after that commit, as before. Should the group fail, each work is run again
+in a transaction of its own, so only the caller of a failing work sees its error.
+
 Lock order: a Nova database transaction may write the journal (the ledger's before-state) while
 it is open; a journal write never touches a Nova database. So the order is always Nova -> journal.
 """
@@ -25,6 +33,7 @@ import sqlalchemy as sa
 
 LOG = logging.getLogger(__name__)
 LOCK_SUFFIX = "-writer.lock"    # beside the database, as SQLite's own -wal and -shm files
+COMMITTED = "novapurge_committed"  # a pooled connection's info: it comes back from a commit
 
 
 class _FileWriterLock:
@@ -36,6 +45,8 @@ class _FileWriterLock:
         self._fd = None
         self._pid = os.getpid()
         self._depth = 0
+        self._queue = []                  # works waiting for the next group commit
+        self._queue_lock = threading.Lock()
 
     def _file(self):
         """The lock file's descriptor, opened by this process (a forked child shares its
@@ -64,6 +75,20 @@ class _FileWriterLock:
         self._depth += 1
         return self
 
+    def commit(self, engine, work):
+        """Run `work(conn)` in a committed transaction, with any other work left meanwhile."""
+        pending = _Pending(work)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._threads:
+            if pending.done:          # a thread before us committed it: no file lock needed
+                return pending.outcome()
+            with self:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                _commit_group(engine, group)
+        return pending.outcome()
+
     def __exit__(self, *exc):
         self._depth -= 1
         try:
@@ -76,6 +101,57 @@ class _FileWriterLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _Pending:
+    """One caller's work and, once its group ended, its result or error."""
+
+    __slots__ = ("work", "done", "result", "error")
+
+    def __init__(self, work):
+        self.work, self.done, self.result, self.error = work, False, None, None
+
+    def outcome(self):
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _commit_group(engine, group) -> None:
+    """The works of `group` in one transaction; if that fails, each in its own."""
+    try:
+        try:
+            with engine.connect() as conn:
+                _begin_immediate(conn)
+                results = [pending.work(conn) for pending in group]
+                conn.commit()
+        except Exception:
+            if len(group) == 1:
+                raise
+            for pending in group:   # the failing one fails alone; the others commit
+                try:
+                    with engine.connect() as conn:
+                        _begin_immediate(conn)
+                        pending.result = pending.work(conn)
+                        conn.commit()
+                except Exception as error:
+                    pending.error = error
+                pending.done = True
+            return
+        for pending, result in zip(group, results):
+            pending.result, pending.done = result, True
+    except BaseException as error:      # also a failure of a single work: its caller's error
+        for pending in group:
+            if not pending.done:
+                pending.error, pending.done = error, True
+        if not isinstance(error, Exception):
+            raise
+
+
+def _begin_immediate(conn) -> None:
+    """Take SQLite's write lock at BEGIN, not at the first write after a read (which can fail
+    with SQLITE_BUSY when another writer committed between the two)."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 _LOCKS: "weakref.WeakKeyDictionary[sa.engine.Engine, _FileWriterLock]" = \
@@ -101,6 +177,20 @@ def serialized(engine: sa.engine.Engine):
         return
     with _lock_of(engine):
         yield
+
+
+def commit(engine: sa.engine.Engine, work):
+    """Run `work(conn)` in a committed transaction and return what it returned (or raise what it
+    raised). On SQLite, group-committed with the works other threads left meanwhile (see the
+    module's docstring): `work` must do nothing but statements on `conn`, and may be run twice.
+    On MySQL/MariaDB, a transaction of its own."""
+    if engine.dialect.name == "sqlite":
+        return _lock_of(engine).commit(engine, work)
+    with engine.connect() as conn:
+        with conn.begin():
+            result = work(conn)
+        conn.info[COMMITTED] = True
+    return result
 
 
 @contextlib.contextmanager

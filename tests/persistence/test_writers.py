@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 import time
 
 import sqlalchemy as sa
@@ -75,3 +76,60 @@ def test_processes_opening_a_new_journal_at_once_all_succeed(tmp_path):
     assert [opener.returncode for opener in openers] == [0, 0, 0, 0], errors
     with sa.create_engine(url).connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM novapurge_ledger_head")).scalar() == 1
+
+
+def _queued_behind_the_lock(engine, works):
+    """Start a thread per work while this thread holds the file's writer lock; once every work
+    is waiting, let go. Returns the threads' outcomes and the COMMITs the engine made."""
+    commits, outcomes = [], {}
+    sa.event.listen(engine, "commit", lambda conn: commits.append(1))
+
+    def call(key, work):
+        try:
+            outcomes[key] = ("ok", writers.commit(engine, work))
+        except Exception as error:      # noqa: BLE001 - the outcome is the point
+            outcomes[key] = ("error", error)
+
+    threads = [threading.Thread(target=call, args=item) for item in works.items()]
+    with writers.serialized(engine):
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(writers._lock_of(engine)._queue) < len(works):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(timeout=30)
+    return outcomes, len(commits)
+
+
+def _table(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'j.sqlite'}")
+    with writers.write_transaction(engine) as conn:
+        conn.execute(sa.text("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+    return engine
+
+
+def test_works_left_behind_the_lock_are_committed_together(tmp_path):
+    engine = _table(tmp_path)
+    works = {k: (lambda conn, k=k: conn.execute(sa.text("INSERT INTO t VALUES (:k)"),
+                                                {"k": k}).rowcount * k)
+             for k in range(1, 41)}
+    outcomes, commits = _queued_behind_the_lock(engine, works)
+    assert outcomes == {k: ("ok", k) for k in works}
+    assert commits == 1
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text("SELECT k FROM t")).scalars()) == list(works)
+
+
+def test_a_failing_work_fails_alone_and_the_others_commit(tmp_path):
+    engine = _table(tmp_path)
+    works = {k: (lambda conn, k=k: conn.execute(sa.text("INSERT INTO t VALUES (:k)"),
+                                                {"k": k}).rowcount) for k in range(1, 11)}
+    works[5] = lambda conn: conn.execute(sa.text("INSERT INTO missing VALUES (1)"))
+    outcomes, _commits = _queued_behind_the_lock(engine, works)
+    assert outcomes[5][0] == "error" and isinstance(outcomes[5][1], sa.exc.OperationalError)
+    assert {k: o for k, o in outcomes.items() if k != 5} == {k: ("ok", 1) for k in works if k != 5}
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text("SELECT k FROM t")).scalars()) == [
+            k for k in works if k != 5]
