@@ -37,8 +37,8 @@ def redact(value):
 
 
 def _redact_string(text: str) -> str:
-    stripped = text.lstrip()
-    if stripped[:1] in ("{", "["):
+    head = text[:1]
+    if head in ("{", "[") or (head.isspace() and text.lstrip()[:1] in ("{", "[")):
         try:
             inner = json.loads(text)
         except ValueError:
@@ -46,4 +46,6 @@ def _redact_string(text: str) -> str:
         else:
             cleaned = redact(inner)
             return text if cleaned == inner else json.dumps(cleaned, sort_keys=True)
+    if "://" not in text:   # most strings: no URL, nothing to mask (the regex costs more)
+        return text
     return _URL_PASSWORD.sub(r"\1" + MASK + r"\3", text)

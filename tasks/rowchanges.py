@@ -57,10 +57,11 @@ def read_rows(db, conn, changes) -> dict:
     """The current rows each change will touch, JSON-encoded, keyed by table (for the ledger)."""
     state = {}
     for change in changes:
-        rows = db.select(conn, change.table, change.where, for_update=True)
-        state.setdefault(change.table, [])
-        state[change.table].extend(encode_row(r) for r in rows
-                                   if encode_row(r) not in state[change.table])
+        seen = state.setdefault(change.table, [])
+        for row in db.select(conn, change.table, change.where, for_update=True):
+            encoded = encode_row(row)
+            if encoded not in seen:
+                seen.append(encoded)
     return state
 
 
