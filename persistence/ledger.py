@@ -60,6 +60,7 @@ def entry_hash(prev_hash: str, row: dict) -> str:
 
 # Statements built once: values travel as parameters, so each is compiled once per engine.
 _INSERT = schema.ledger.insert()
+_HEAD_KEY = "novapurge_ledger_head"
 _ADVANCE_HEAD = (schema.ledger_head.update().where(schema.ledger_head.c.id == 1)
                  .values(last_id=sa.bindparam("new_id"), last_hash=sa.bindparam("new_hash")))
 
@@ -74,14 +75,17 @@ def _rows_query(columns: tuple):
 
 def _chain(row: dict, conn) -> int:
     """Append `row` at the chain's head (held by the transaction: the file's writer on SQLite,
-    the head row's lock on MySQL) and move the head; the new entry's id."""
-    head = schema.chain_head(conn)
+    the head row's lock on MySQL) and move the head; the new entry's id. The head is read once
+    per transaction: entries committed in one group follow each other."""
+    state = writers.transaction_state()
+    head = state.get(_HEAD_KEY) or schema.chain_head(conn)
     # stamped once the chain is ours: entries' times follow the chain's order
     row = dict(row, ts=datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="microseconds"), prev_hash=head["last_hash"])
     row["hash"] = entry_hash(head["last_hash"], row)
     new_id = conn.execute(_INSERT, row).inserted_primary_key[0]
     conn.execute(_ADVANCE_HEAD, {"new_id": new_id, "new_hash": row["hash"]})
+    state[_HEAD_KEY] = {"last_id": new_id, "last_hash": row["hash"]}
     return new_id
 
 

@@ -121,19 +121,15 @@ def _commit_group(engine, group) -> None:
     """The works of `group` in one transaction; if that fails, each in its own."""
     try:
         try:
-            with engine.connect() as conn:
-                _begin_immediate(conn)
+            with _immediate_transaction(engine) as conn:
                 results = [pending.work(conn) for pending in group]
-                conn.commit()
         except Exception:
             if len(group) == 1:
                 raise
             for pending in group:   # the failing one fails alone; the others commit
                 try:
-                    with engine.connect() as conn:
-                        _begin_immediate(conn)
+                    with _immediate_transaction(engine) as conn:
                         pending.result = pending.work(conn)
-                        conn.commit()
                 except Exception as error:
                     pending.error = error
                 pending.done = True
@@ -148,10 +144,35 @@ def _commit_group(engine, group) -> None:
             raise
 
 
-def _begin_immediate(conn) -> None:
-    """Take SQLite's write lock at BEGIN, not at the first write after a read (which can fail
-    with SQLITE_BUSY when another writer committed between the two)."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+@contextlib.contextmanager
+def _immediate_transaction(engine):
+    """A transaction that takes SQLite's write lock at BEGIN (not at its first write after a
+    read, which fails with SQLITE_BUSY when another writer committed in between), with a fresh
+    `transaction_state()`; committed at the end of the block, rolled back on an error."""
+    with engine.connect() as conn, _fresh_state():
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
+        conn.commit()
+
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def _fresh_state():
+    _STATE.current = {}
+    try:
+        yield
+    finally:
+        _STATE.current = None
+
+
+def transaction_state() -> dict:
+    """Scratch space of the transaction a work runs in (`commit`), shared by the works grouped
+    in it and gone with it: what one work learnt of the database (the ledger's chain head) the
+    next may reuse instead of reading it again. Empty outside a work."""
+    current = getattr(_STATE, "current", None)
+    return {} if current is None else current
 
 
 _LOCKS: "weakref.WeakKeyDictionary[sa.engine.Engine, _FileWriterLock]" = \
@@ -186,7 +207,7 @@ def commit(engine: sa.engine.Engine, work):
     On MySQL/MariaDB, a transaction of its own."""
     if engine.dialect.name == "sqlite":
         return _lock_of(engine).commit(engine, work)
-    with engine.connect() as conn:
+    with engine.connect() as conn, _fresh_state():
         with conn.begin():
             result = work(conn)
         conn.info[COMMITTED] = True

@@ -8,11 +8,13 @@ import time
 import sqlalchemy as sa
 
 from novapurge.persistence import writers
+from novapurge.persistence.ledger import Actor, Ledger
 
 HOLD_IN_CHILD = """
 import pathlib, sys, time
 import sqlalchemy as sa
 from novapurge.persistence import writers
+from novapurge.persistence.ledger import Actor, Ledger
 engine = sa.create_engine(sys.argv[1])
 with writers.serialized(engine):
     pathlib.Path(sys.argv[2]).write_text("held")
@@ -133,3 +135,30 @@ def test_a_failing_work_fails_alone_and_the_others_commit(tmp_path):
     with engine.connect() as conn:
         assert sorted(conn.execute(sa.text("SELECT k FROM t")).scalars()) == [
             k for k in works if k != 5]
+
+
+def test_ledger_entries_committed_together_form_one_chain_reading_its_head_once(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'j.sqlite'}")
+    ledger = Ledger(engine, Actor(operator="alice"))
+    ledger.bind("p0", "vm-0").note("S:x", "first", "passed")
+    head_reads = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda _c, _cur, statement, *_a: head_reads.append(1)
+                    if "FROM novapurge_ledger_head" in statement else None)
+
+    def note(i):
+        ledger.bind("p1", f"vm-{i}").note("S:x", f"r{i}", "passed")
+
+    threads = [threading.Thread(target=note, args=(i,)) for i in range(20)]
+    with writers.serialized(engine):
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(writers._lock_of(engine)._queue) < len(threads):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(head_reads) == 1     # by the group's first entry; the others followed it
+    assert len(ledger.rows(purge_id="p1")) == 20 and len(ledger.rows()) == 21
+    assert ledger.verify() == []
