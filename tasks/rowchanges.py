@@ -53,23 +53,28 @@ class RowChange:
         return changed
 
 
-def read_rows(db, conn, changes) -> dict:
-    """The current rows each change will touch, JSON-encoded, keyed by table (for the ledger)."""
+def read_rows(db, conn, changes) -> list:
+    """The rows each change will touch (locked FOR UPDATE where the database can), per change."""
+    return [db.select(conn, change.table, change.where, for_update=True) for change in changes]
+
+
+def recorded_state(changes, matched) -> dict:
+    """The rows read for the changes, JSON-encoded, keyed by table, each once (for the ledger)."""
     state = {}
-    for change in changes:
+    for change, rows in zip(changes, matched):
         seen = state.setdefault(change.table, [])
-        for row in db.select(conn, change.table, change.where, for_update=True):
+        for row in rows:
             encoded = encode_row(row)
             if encoded not in seen:
                 seen.append(encoded)
     return state
 
 
-def apply_changes(db, conn, changes) -> int:
-    """Apply each change to the rows it still matches (a re-run after a crash finds none)."""
+def apply_changes(db, conn, changes, matched) -> int:
+    """Apply each change to the rows read for it in this transaction, which are the rows the
+    ledger recorded (a re-run after a crash reads none: they no longer match)."""
     now, changed = db.now(), 0
-    for change in changes:
-        rows = db.select(conn, change.table, change.where, for_update=True)
+    for change, rows in zip(changes, matched):
         changed += change.apply(db, conn, rows, now)
     return changed
 
@@ -102,12 +107,13 @@ class RowChangesTask:
             resource = f"rows:{db.label}"
 
             def change(conn, db=db, changes=changes, resource=resource):
-                rows = read_rows(db, conn, changes)
-                if not any(rows.values()) and ledger.before(self.name, resource) is None:
+                matched = read_rows(db, conn, changes)
+                if not any(matched) and ledger.before(self.name, resource) is None:
                     return None  # nothing of this instance here
-                ledger.record_before(self.name, resource, {"rows": rows}, target=db.label)
+                ledger.record_before(self.name, resource,
+                                     {"rows": recorded_state(changes, matched)}, target=db.label)
                 self.fault("before-change")
-                return apply_changes(db, conn, changes)
+                return apply_changes(db, conn, changes, matched)
             count = db.run_transaction(change)
             if count is None:
                 continue
