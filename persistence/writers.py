@@ -75,6 +75,14 @@ class _FileWriterLock:
         self._depth += 1
         return self
 
+    def __exit__(self, *exc):
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
     def commit(self, engine, work):
         """Run `work(conn)` in a committed transaction, with any other work left meanwhile."""
         pending = _Pending(work)
@@ -88,14 +96,6 @@ class _FileWriterLock:
                     group, self._queue = self._queue, []
                 _commit_group(engine, group)
         return pending.outcome()
-
-    def __exit__(self, *exc):
-        self._depth -= 1
-        try:
-            if self._depth == 0 and self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._threads.release()
 
     def close(self):
         if self._fd is not None:

@@ -81,8 +81,8 @@ def test_processes_opening_a_new_journal_at_once_all_succeed(tmp_path):
 
 
 def _queued_behind_the_lock(engine, works):
-    """Start a thread per work while this thread holds the file's writer lock; once every work
-    is waiting, let go. Returns the threads' outcomes and the COMMITs the engine made."""
+    """Each work left by a thread of its own behind the file's writer lock (_run_behind_the_lock).
+    Returns the threads' outcomes and the COMMITs the engine made."""
     commits, outcomes = [], {}
     sa.event.listen(engine, "commit", lambda conn: commits.append(1))
 
@@ -92,17 +92,23 @@ def _queued_behind_the_lock(engine, works):
         except Exception as error:      # noqa: BLE001 - the outcome is the point
             outcomes[key] = ("error", error)
 
-    threads = [threading.Thread(target=call, args=item) for item in works.items()]
+    _run_behind_the_lock(engine, [threading.Thread(target=call, args=item)
+                                  for item in works.items()])
+    return outcomes, len(commits)
+
+
+def _run_behind_the_lock(engine, threads):
+    """Start the threads, each of which leaves one work, while this thread holds the file's
+    writer lock; let go once every work is waiting; wait for the threads."""
     with writers.serialized(engine):
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while len(writers._lock_of(engine)._queue) < len(works):
+        while len(writers._lock_of(engine)._queue) < len(threads):
             assert time.monotonic() < deadline
             time.sleep(0.01)
     for thread in threads:
         thread.join(timeout=30)
-    return outcomes, len(commits)
 
 
 def _table(tmp_path):
@@ -149,16 +155,7 @@ def test_ledger_entries_committed_together_form_one_chain_reading_its_head_once(
     def note(i):
         ledger.bind("p1", f"vm-{i}").note("S:x", f"r{i}", "passed")
 
-    threads = [threading.Thread(target=note, args=(i,)) for i in range(20)]
-    with writers.serialized(engine):
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while len(writers._lock_of(engine)._queue) < len(threads):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    for thread in threads:
-        thread.join(timeout=30)
+    _run_behind_the_lock(engine, [threading.Thread(target=note, args=(i,)) for i in range(20)])
     assert len(head_reads) == 1     # by the group's first entry; the others followed it
     assert len(ledger.rows(purge_id="p1")) == 20 and len(ledger.rows()) == 21
     assert ledger.verify() == []
