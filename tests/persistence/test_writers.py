@@ -14,11 +14,10 @@ HOLD_IN_CHILD = """
 import pathlib, sys, time
 import sqlalchemy as sa
 from novapurge.persistence import writers
-from novapurge.persistence.ledger import Actor, Ledger
 engine = sa.create_engine(sys.argv[1])
 with writers.serialized(engine):
     pathlib.Path(sys.argv[2]).write_text("held")
-    time.sleep(1.0)
+    time.sleep(float(sys.argv[4]))
     pathlib.Path(sys.argv[3]).write_text(repr(time.time()))
 """
 
@@ -44,7 +43,7 @@ def test_a_writer_of_another_process_waits_for_the_lock(tmp_path):
     url = f"sqlite:///{tmp_path / 'j.sqlite'}"
     held, released = tmp_path / "held", tmp_path / "released"
     child = subprocess.Popen([sys.executable, "-c", HOLD_IN_CHILD, url, str(held),
-                              str(released)])
+                              str(released), "1.0"])
     try:
         _wait_for(held)
         engine = sa.create_engine(url)
@@ -62,9 +61,8 @@ def test_the_lock_is_reentrant_in_a_thread_and_free_for_others_after(tmp_path):
     with writers.serialized(engine), writers.write_transaction(engine) as conn:
         conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
     # released: another process gets it at once
-    probe = subprocess.run([sys.executable, "-c", HOLD_IN_CHILD.replace("1.0", "0"),
-                            str(engine.url), str(tmp_path / "h"), str(tmp_path / "r")],
-                           timeout=30)
+    probe = subprocess.run([sys.executable, "-c", HOLD_IN_CHILD, str(engine.url),
+                            str(tmp_path / "h"), str(tmp_path / "r"), "0"], timeout=30)
     assert probe.returncode == 0 and (tmp_path / "r").exists()
 
 
