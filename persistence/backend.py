@@ -63,7 +63,6 @@ POOL_TIMEOUT_S = 60
 
 _ACCEPTED = "sqlite:///PATH, sqlite:// (in memory) or mysql+pymysql://USER@HOST[:PORT]/DB"
 _CHECKED_IN_AT = "novapurge_checked_in_at"
-_COMMITTED = writers.COMMITTED   # set right after one of our commits (writers.commit)
 
 
 def open_backend(url: str) -> "JournalBackend":
@@ -361,7 +360,7 @@ def _create_mysql_engine(url: sa.engine.URL) -> sa.engine.Engine:
 
     @sa.event.listens_for(engine, "reset")
     def _on_reset(dbapi_conn, record, state):
-        committed = record is not None and record.info.pop(_COMMITTED, False)
+        committed = record is not None and record.info.pop(writers.COMMITTED, False)
         if not (state.terminate_only or state.transaction_was_reset or committed):
             dbapi_conn.rollback()
 
@@ -372,7 +371,7 @@ def _create_mysql_engine(url: sa.engine.URL) -> sa.engine.Engine:
 
     @sa.event.listens_for(engine, "checkout")
     def _on_checkout(dbapi_conn, record, _proxy):
-        record.info.pop(_COMMITTED, None)
+        record.info.pop(writers.COMMITTED, None)
         # A connection used within the last seconds is alive; ping only those that sat idle,
         # so the server (or a proxy) closing idle connections is caught before the statement.
         checked_in_at = record.info.get(_CHECKED_IN_AT)
